@@ -1,0 +1,158 @@
+"""The sensor rig: defined once; every intrinsic and extrinsic in the project is derived from it.
+
+The agent's `sensors()`, the offline world's renderer, the trajectory overlay of the teacher, the dataset
+writer and the model's `img_from_ego` matrices all call this module. There are no hand-copied matrices
+anywhere else (the upstream VAD CARLA agent hard-coded lidar2img apart from its sensor list and got the
+back cameras wrong for a while; this is the cure).
+
+Positions and angles are stored in our ego frame (x forward, y left, z up; yaw counter-clockwise, pitch
+positive nose-down as in any right-handed frame with y left). `carla_sensor()` converts to CARLA's
+left-handed convention (y right, yaw clockwise, pitch positive nose-up).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from vlmad.frames import CAM_FROM_BODY, euler_to_rotmat, invert_transform, make_transform
+
+# Camera order used everywhere (VAD / nuScenes infos order).
+CAMERA_NAMES = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    """One pinhole camera of the rig."""
+
+    name: str  # nuScenes channel name, e.g. CAM_FRONT
+    x: float  # mount position in the ego frame, metres forward of the ego origin
+    y: float  # metres to the left of the ego origin
+    z: float  # metres above the ground
+    yaw_deg: float  # heading of the optical axis, degrees counter-clockwise from ego +x
+    fov_deg: float  # horizontal field of view, degrees
+    width: int = 1600  # image width, pixels
+    height: int = 900  # image height, pixels
+    pitch_deg: float = 0.0  # right-handed pitch, positive tilts the optical axis down
+    roll_deg: float = 0.0  # roll about the optical axis, degrees
+
+    @property
+    def focal(self) -> float:
+        """Focal length in pixels from the horizontal FOV (square pixels)."""
+        return self.width / (2.0 * math.tan(math.radians(self.fov_deg) / 2.0))
+
+    def intrinsics(self, scale: float = 1.0) -> np.ndarray:
+        """3x3 K for the image resized by `scale` (principal point at the image centre)."""
+        f = self.focal * scale
+        return np.array([[f, 0.0, self.width * scale / 2.0], [0.0, f, self.height * scale / 2.0], [0, 0, 1.0]])
+
+    def ego_from_body(self) -> np.ndarray:
+        """4x4 pose of the camera body (x along the optical axis, y left, z up) in the ego frame."""
+        rot = euler_to_rotmat(math.radians(self.roll_deg), math.radians(self.pitch_deg), math.radians(self.yaw_deg))
+        return make_transform(rot, [self.x, self.y, self.z])
+
+    def ego_from_cam(self) -> np.ndarray:
+        """4x4 `ego_from_cam` with the camera in OpenCV optical axes (x right, y down, z forward)."""
+        body = self.ego_from_body()
+        return make_transform(body[:3, :3] @ CAM_FROM_BODY.T, body[:3, 3])
+
+    def cam_from_ego(self) -> np.ndarray:
+        return invert_transform(self.ego_from_cam())
+
+    def img_from_ego(self, scale: float = 1.0) -> np.ndarray:
+        """4x4 projection ego -> pixels (homogeneous) for the image resized by `scale`."""
+        k = np.eye(4)
+        k[:3, :3] = self.intrinsics(scale)
+        return k @ self.cam_from_ego()
+
+    def carla_sensor(self) -> dict:
+        """Leaderboard `sensors()` entry in CARLA's left-handed convention."""
+        return {
+            "type": "sensor.camera.rgb", "id": self.name,
+            "x": self.x, "y": -self.y, "z": self.z,
+            "roll": self.roll_deg, "pitch": -self.pitch_deg, "yaw": -self.yaw_deg,
+            "width": self.width, "height": self.height, "fov": self.fov_deg,
+        }
+
+    def resized(self, width: int, height: int) -> CameraSpec:
+        """Same camera with another image size and the same FOV (the renderer uses this)."""
+        return replace(self, width=width, height=height)
+
+
+@dataclass(frozen=True)
+class Rig:
+    """A vehicle sensor rig: 6 cameras plus the positions of the non-image sensors."""
+
+    name: str  # rig name, recorded in datasets and checkpoints
+    cameras: tuple[CameraSpec, ...]  # in CAMERA_NAMES order
+    lidar_xyz: tuple[float, float, float] = (0.94, 0.0, 1.84)  # LIDAR_TOP position (nuScenes layout)
+    lidar_yaw_deg: float = -90.0  # LIDAR_TOP x axis points to the ego's right
+    imu_x: float = -1.4  # IMU / GNSS mount, metres forward of the ego origin (CARLA agent convention)
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    def camera(self, name: str) -> CameraSpec:
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise KeyError(f"rig {self.name!r} has no camera {name!r}; cameras: {self.camera_names}")
+
+    def img_from_ego(self, scale: float = 1.0) -> np.ndarray:
+        """(N_cam, 4, 4) projection matrices for images resized by `scale`."""
+        return np.stack([c.img_from_ego(scale) for c in self.cameras])
+
+    def ego_from_lidar(self) -> np.ndarray:
+        return make_transform(euler_to_rotmat(0.0, 0.0, math.radians(self.lidar_yaw_deg)), self.lidar_xyz)
+
+    def with_image_size(self, width: int, height: int) -> Rig:
+        """The same rig rendering at another resolution (same FOVs)."""
+        return replace(self, cameras=tuple(c.resized(width, height) for c in self.cameras))
+
+    def carla_sensors(self) -> list[dict]:
+        """The full leaderboard `sensors()` list: cameras, GNSS, IMU, speedometer."""
+        out = [c.carla_sensor() for c in self.cameras]
+        common = {"x": self.imu_x, "y": 0.0, "z": 0.0, "roll": 0.0, "pitch": 0.0, "yaw": 0.0}
+        out.append({"type": "sensor.other.gnss", "id": "GPS", **common})
+        out.append({"type": "sensor.other.imu", "id": "IMU", **common, "sensor_tick": 0.05})
+        out.append({"type": "sensor.speedometer", "id": "SPEED", "reading_frequency": 20})
+        return out
+
+
+def _carla_cam(name: str, x: float, y_right: float, yaw_cw: float, fov: float) -> CameraSpec:
+    """A camera given in CARLA's convention (y right, yaw clockwise), stored in ours."""
+    return CameraSpec(name=name, x=x, y=-y_right, z=1.60, yaw_deg=-yaw_cw, fov_deg=fov)
+
+
+# The CARLA rig of the public VAD CARLA agent (Bench2DriveZoo), DESIGN.md section 8.
+CARLA_RIG = Rig(
+    name="carla_vad",
+    cameras=(
+        _carla_cam("CAM_FRONT", 0.80, 0.00, 0.0, 70.0),
+        _carla_cam("CAM_FRONT_RIGHT", 0.27, 0.55, 55.0, 70.0),
+        _carla_cam("CAM_FRONT_LEFT", 0.27, -0.55, -55.0, 70.0),
+        _carla_cam("CAM_BACK", -2.00, 0.00, 180.0, 110.0),
+        _carla_cam("CAM_BACK_LEFT", -0.32, -0.55, -110.0, 70.0),
+        _carla_cam("CAM_BACK_RIGHT", -0.32, 0.55, 110.0, 70.0),
+    ),
+)
+
+# Nominal nuScenes rig (typical calibration of the Renault Zoe; real samples carry their own
+# calibrated_sensor records, which the data layer always prefers). FOV from fx = 1266 px (front/side)
+# and 809 px (back) at 1600 px width.
+NUSCENES_RIG = Rig(
+    name="nuscenes_nominal",
+    cameras=(
+        CameraSpec("CAM_FRONT", 1.70, 0.02, 1.51, 0.0, 64.6),
+        CameraSpec("CAM_FRONT_RIGHT", 1.55, -0.49, 1.50, -55.0, 64.6),
+        CameraSpec("CAM_FRONT_LEFT", 1.52, 0.49, 1.51, 55.0, 64.6),
+        CameraSpec("CAM_BACK", 0.03, 0.00, 1.57, 180.0, 89.4),
+        CameraSpec("CAM_BACK_LEFT", 1.04, 0.48, 1.56, 110.0, 64.6),
+        CameraSpec("CAM_BACK_RIGHT", 1.04, -0.48, 1.57, -110.0, 64.6),
+    ),
+)
+
+RIGS = {CARLA_RIG.name: CARLA_RIG, NUSCENES_RIG.name: NUSCENES_RIG}
