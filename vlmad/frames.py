@@ -113,7 +113,8 @@ def make_transform(rot: np.ndarray, trans: np.ndarray | list[float] | tuple[floa
     return t
 
 
-def pose_to_matrix(translation: list[float] | np.ndarray, rotation_wxyz: list[float] | np.ndarray) -> np.ndarray:
+def pose_to_matrix(translation: list[float] | np.ndarray,
+                   rotation_wxyz: list[float] | np.ndarray) -> np.ndarray:
     """nuScenes-style pose (translation xyz, quaternion wxyz) to a 4x4 `parent_from_child` transform."""
     return make_transform(quat_to_rotmat(rotation_wxyz), translation)
 
@@ -200,9 +201,11 @@ def project_points(img_from_ego: np.ndarray, pts_ego: np.ndarray, min_depth: flo
 # ----------------------------------------------------------------------------------------------------
 # CARLA (left-handed, degrees)
 # ----------------------------------------------------------------------------------------------------
-def carla_to_ego_xyz(x: float | np.ndarray, y: float | np.ndarray, z: float | np.ndarray = 0.0) -> np.ndarray:
+def carla_to_ego_xyz(x: float | np.ndarray, y: float | np.ndarray,
+                     z: float | np.ndarray = 0.0) -> np.ndarray:
     """A CARLA location (x fwd/east, y right/south, z up) to our right-handed convention (flip y)."""
-    return np.stack(np.broadcast_arrays(np.asarray(x, float), -np.asarray(y, float), np.asarray(z, float)), -1)
+    xs, ys, zs = np.broadcast_arrays(np.asarray(x, float), -np.asarray(y, float), np.asarray(z, float))
+    return np.stack([xs, ys, zs], -1)
 
 
 def ego_to_carla_xyz(pts: np.ndarray) -> np.ndarray:

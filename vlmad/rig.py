@@ -20,7 +20,9 @@ import numpy as np
 from vlmad.frames import CAM_FROM_BODY, euler_to_rotmat, invert_transform, make_transform
 
 # Camera order used everywhere (VAD / nuScenes infos order).
-CAMERA_NAMES = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
+CAMERA_NAMES = (
+    "CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT",
+)
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,12 @@ class CameraSpec:
     def intrinsics(self, scale: float = 1.0) -> np.ndarray:
         """3x3 K for the image resized by `scale` (principal point at the image centre)."""
         f = self.focal * scale
-        return np.array([[f, 0.0, self.width * scale / 2.0], [0.0, f, self.height * scale / 2.0], [0, 0, 1.0]])
+        cx, cy = self.width * scale / 2.0, self.height * scale / 2.0
+        return np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
 
     def ego_from_body(self) -> np.ndarray:
         """4x4 pose of the camera body (x along the optical axis, y left, z up) in the ego frame."""
-        rot = euler_to_rotmat(math.radians(self.roll_deg), math.radians(self.pitch_deg), math.radians(self.yaw_deg))
+        rot = euler_to_rotmat(*(math.radians(a) for a in (self.roll_deg, self.pitch_deg, self.yaw_deg)))
         return make_transform(rot, [self.x, self.y, self.z])
 
     def ego_from_cam(self) -> np.ndarray:
