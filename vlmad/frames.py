@@ -5,8 +5,8 @@ Internal frame ("ego"): x forward, y left, z up, metres, right-handed, origin at
 from above, radians.
 
 Other frames met at ingestion:
-- nuScenes LIDAR_TOP / VAD planning frame: x right, y forward, z up. VAD plans are displacements in
-  this frame; `lidar_xy_to_ego` rotates them into ours (rotation only: displacements, not positions).
+- nuScenes LIDAR_TOP / VAD planning frame: x right, y forward, z up. VAD plans are displacements of
+  the lidar sensor in this frame; `lidar_xy_to_ego` rotates them into our axes.
 - Camera (OpenCV optical): x right, y down, z forward. `CAM_FROM_BODY` maps body axes to optical axes.
 - CARLA: left-handed, x forward, y right, z up; yaw/pitch/roll in degrees, yaw clockwise seen from
   above. Points convert by flipping y; rotations by conjugation with diag(1, -1, 1).
@@ -166,8 +166,10 @@ def relative_motion(world_from_prev: np.ndarray, world_from_cur: np.ndarray) -> 
 def lidar_xy_to_ego(xy: np.ndarray, ego_from_lidar_rot: np.ndarray = EGO_FROM_LIDAR_ROT) -> np.ndarray:
     """Displacements (..., 2) in VAD's LIDAR_TOP frame (x right, y forward) to ego (x fwd, y left).
 
-    VAD's planning targets are ego positions relative to the current ego position, expressed in lidar
-    axes: only the rotation applies. Pass the sample's calibrated rotation for exactness.
+    Only the rotation applies (vectors, not points). Note that VAD's planning targets are displacements
+    of the LIDAR_TOP *sensor* (not of the ego origin) since the current keyframe; `openloop.gt` scores
+    such plans against the lidar's ground-truth path (see docs/metrics.md). Pass the sample's calibrated
+    rotation for exactness.
     """
     xy = np.asarray(xy, dtype=np.float64)
     return xy @ np.asarray(ego_from_lidar_rot)[:2, :2].T
