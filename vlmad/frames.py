@@ -247,3 +247,14 @@ def carla_transform_to_ego(x: float, y: float, z: float, roll_deg: float, pitch_
     """A CARLA transform (location + rotation) as a 4x4 transform in our right-handed convention."""
     r = _FLIP_Y @ carla_rotation_matrix(roll_deg, pitch_deg, yaw_deg) @ _FLIP_Y
     return make_transform(r, carla_to_ego_xyz(x, y, z))
+
+
+def img_from_ego_calibrated(intrinsics: np.ndarray, ego_from_cam: np.ndarray, sx: float = 1.0,
+                            sy: float = 1.0) -> np.ndarray:
+    """4x4 `img_from_ego` for a calibrated camera (K 3x3, `ego_from_cam` 4x4 in optical axes) whose image
+    was resized by (sx, sy). Padding at the bottom/right does not change it."""
+    k = np.eye(4)
+    k[:3, :3] = np.asarray(intrinsics, dtype=np.float64)
+    k[0] *= sx
+    k[1] *= sy
+    return k @ invert_transform(np.asarray(ego_from_cam, dtype=np.float64))

@@ -1,0 +1,464 @@
+"""Merge leaderboard results (shards, repetitions), validate them, and report DS / RC / penalty.
+
+    python -m carla_eval.report RESULTS.json [MORE.json ...] [--routes ROUTES.xml] [--repetitions R]
+        --json OUT.json --markdown OUT.md [--plots DIR] [--label NAME] [--benchmark short|long]
+    python -m carla_eval.report compare A/report.json B/report.json [...] --markdown OUT.md [--json OUT.json]
+        [--plots DIR]
+
+Rules (leaderboard semantics, numbers from `carla_eval.scoring`):
+- one slot per route x repetition; a record's repetition is `index % R` (the evaluator numbers its
+  routes route_position x R + repetition, in every shard file);
+- DS, RC (0-100) and infraction penalty (0-1) are means over the expected slots; a slot with no record
+  counts as 0 (with `--routes` every route of the file is expected; without it, every route seen in
+  any file, x R);
+- a record whose status says "Simulation crashed" (the evaluator died on it, and the launcher gave up
+  after K tries) is a failure with DS = RC = penalty = 0; it is listed in `failed_routes` and
+  `crashed_routes`, never in `missing_routes`;
+- duplicates (the same route x repetition in several records): keep one, and list it in `duplicates`:
+  a non-crashed record beats a crashed one; otherwise the file given LAST wins (list a re-run after the
+  original), and within one file the higher index;
+- all files of one report must have the same sensor set-up (`sensors`) and the same source: results of
+  the offline world carry `meta.source` / `meta.label` and are shown as such, never as CARLA numbers;
+- infractions per km = total count / total km driven, km driven = sum over routes of RC/100 x route
+  length (`meta.route_length`); crashed slots add neither infractions nor km.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from carla_eval import scoring
+from routes.fetch import BENCHMARKS
+from routes.parse import parse_routes
+from vlmad.errors import UserError, cli_main
+from vlmad.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+# Table 2 of the paper (Town05, CARLA 0.9.10.1): (row name, DS, RC).
+PAPER_TABLE2: dict[str, list[tuple[str, float, float]]] = {
+    "short": [("VAD-Base (paper)", 64.29, 87.26), ("VAD-Base + VLM-AD (paper)", 67.78, 88.56)],
+    "long": [("VAD-Base (paper)", 30.31, 75.20), ("VAD-Base + VLM-AD (paper)", 35.25, 84.14)],
+}
+CARLA_SOURCE = "carla"
+PER_KM_RULE = ("infractions per km = total number of infractions / total km driven; km driven = sum over "
+               "routes of RC/100 x route length (meta.route_length); crashed routes add neither")
+STATUS_MISSING = "Missing (no record)"
+
+
+def _warn(warnings: list[str], msg: str) -> None:
+    warnings.append(msg)
+    print(f"warning: {msg}", file=sys.stderr)
+
+
+def _finite(x: Any, where: str) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: {x!r} is not a number") from None
+    if not math.isfinite(v):
+        raise UserError(f"{where}: {x!r} is not finite")
+    return v
+
+
+def load_results(path: str | Path, warnings: list[str]) -> dict[str, Any] | None:
+    """A results file, validated; None (with a warning) for an empty file (a run that wrote nothing)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"results file {path} does not exist")
+    text = path.read_text()
+    if not text.strip():
+        _warn(warnings, f"{path} is empty (the evaluator started but recorded no route)")
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the evaluator writes it in place, so a crash can "
+                        f"truncate it: use the launcher's results.json.bak copy beside it") from None
+    recs = data.get("_checkpoint", {}).get("records") if isinstance(data, dict) else None
+    if not isinstance(recs, list):
+        raise UserError(f"{path} has no _checkpoint.records list: not a leaderboard results file")
+    for i, r in enumerate(recs):
+        where = f"{path}: record #{i}"
+        if not isinstance(r, dict):
+            raise UserError(f"{where} is not an object")
+        for key in ("route_id", "index", "status", "scores"):
+            if key not in r:
+                raise UserError(f"{where} has no {key!r}")
+        for key in ("score_route", "score_penalty", "score_composed"):
+            r["scores"][key] = _finite(r["scores"].get(key), f"{where} scores.{key}")
+        r["index"] = int(_finite(r["index"], f"{where} index"))
+        infr = r.setdefault("infractions", {})
+        if not isinstance(infr, dict) or any(not isinstance(v, list) for v in infr.values()):
+            raise UserError(f"{where}: infractions must map types to lists")
+        meta = r.setdefault("meta", {})
+        meta["route_length"] = _finite(meta.get("route_length", 0.0), f"{where} meta.route_length")
+    return data
+
+
+def _route_sort_key(route_id: str) -> tuple[int, Any]:
+    n = scoring.route_id_number(route_id)
+    return (0, int(n)) if n.isdigit() else (1, n)
+
+
+def _infer_benchmark(ids: list[str]) -> str | None:
+    for name, (_, _, expected) in BENCHMARKS.items():
+        if sorted(ids, key=lambda s: int(s) if s.isdigit() else -1) == expected:
+            return name
+    return None
+
+
+def build_report(files: list[str | Path], routes_file: str | Path | None = None, repetitions: int = 1,
+                 label: str = "", benchmark: str | None = None) -> dict[str, Any]:
+    """Merge and validate results files into the report dict (see the module docstring for the rules)."""
+    if repetitions < 1:
+        raise UserError("--repetitions must be >= 1")
+    if not files:
+        raise UserError("no results file given")
+    warnings: list[str] = []
+    loaded: list[tuple[Path, dict[str, Any]]] = []
+    for f in files:
+        data = load_results(f, warnings)
+        if data is not None:
+            loaded.append((Path(f), data))
+
+    # one source and one sensor set-up per report
+    sources = {(d.get("meta") or {}).get("source", CARLA_SOURCE) for _, d in loaded}
+    if len(sources) > 1:
+        raise UserError(f"results from different sources {sorted(sources)} cannot be merged (offline-world "
+                        f"numbers are never mixed with CARLA numbers); report them separately and compare")
+    source = sources.pop() if sources else CARLA_SOURCE
+    source_labels = sorted({str((d.get("meta") or {}).get("label", "")) for _, d in loaded} - {""})
+    setups = {tuple(d.get("sensors") or ()): p for p, d in loaded if d.get("sensors")}
+    if len(setups) > 1:
+        desc = "; ".join(f"{p}: {list(s)}" for s, p in setups.items())
+        raise UserError(f"inconsistent sensor set-up between results files ({desc}); every shard and "
+                        f"repetition must come from the same agent configuration")
+    sensors = list(next(iter(setups))) if setups else []
+
+    # candidates per (route_id, repetition)
+    cands: dict[tuple[str, int], list[tuple[tuple[int, int, int], Path, dict[str, Any]]]] = {}
+    for order, (path, data) in enumerate(loaded):
+        for r in data["_checkpoint"]["records"]:
+            rid = str(r["route_id"])
+            if not rid.startswith("RouteScenario_"):
+                rid = f"RouteScenario_{rid}"
+            key = (rid, r["index"] % repetitions)
+            prio = (0 if scoring.is_simulation_crash(r["status"]) else 1, order, r["index"])
+            cands.setdefault(key, []).append((prio, path, r))
+
+    if routes_file is not None:
+        ids = [r.id for r in parse_routes(routes_file)]
+        unknown = sorted({rid for rid, _ in cands} - {f"RouteScenario_{i}" for i in ids}, key=_route_sort_key)
+        if unknown:
+            raise UserError(f"records for routes {unknown} are not in the route file {routes_file}; "
+                            f"wrong --routes?")
+        if benchmark is None:
+            benchmark = _infer_benchmark(ids)
+    else:
+        ids = sorted({scoring.route_id_number(rid) for rid, _ in cands}, key=lambda s: _route_sort_key(s))
+        totals = sum(int((d["_checkpoint"].get("progress") or [0, 0])[1]) for _, d in loaded)
+        if totals > len(ids) * repetitions:
+            _warn(warnings, f"the files' progress totals add up to {totals} route runs but only "
+                            f"{len(ids) * repetitions} route x repetition slots were seen; pass --routes to "
+                            f"count routes that no file mentions as missing")
+    if benchmark is not None and benchmark not in PAPER_TABLE2:
+        raise UserError(f"--benchmark must be one of {sorted(PAPER_TABLE2)}")
+    expected = [(f"RouteScenario_{i}", rep) for i in ids for rep in range(repetitions)]
+
+    rows: list[dict[str, Any]] = []
+    kept: list[dict[str, Any]] = []  # effective records (crashed ones zeroed)
+    missing, failed, crashed, duplicates = [], [], [], []
+    for rid, rep in expected:
+        options = sorted(cands.get((rid, rep), []), key=lambda c: c[0])
+        if not options:
+            missing.append({"route_id": rid, "repetition": rep})
+            rows.append({"route_id": rid, "repetition": rep, "driving_score": 0.0, "route_completion": 0.0,
+                         "infraction_penalty": 0.0, "status": STATUS_MISSING})
+            continue
+        _, path, rec = options[-1]
+        if len(options) > 1:
+            duplicates.append({"route_id": rid, "repetition": rep, "kept": f"{path} (index {rec['index']})",
+                               "dropped": [f"{p} (index {r['index']}, {r['status']})"
+                                           for _, p, r in options[:-1]]})
+            _warn(warnings, f"{rid} repetition {rep} appears {len(options)} times; kept the one in {path}")
+        sc = rec["scores"]
+        if scoring.is_simulation_crash(rec["status"]):
+            crashed.append({"route_id": rid, "repetition": rep, "status": rec["status"]})
+            eff = {**rec, "scores": {"score_route": 0.0, "score_penalty": 0.0, "score_composed": 0.0},
+                   "infractions": {}}
+        else:
+            ds = scoring.driving_score(sc["score_route"], sc["score_penalty"])
+            if abs(sc["score_composed"] - ds) > 1e-3:
+                _warn(warnings, f"{rid} repetition {rep} in {path}: score_composed {sc['score_composed']} != "
+                                f"score_route x score_penalty")
+            eff = rec
+        if rec["status"] != scoring.STATUS_COMPLETED:
+            failed.append({"route_id": rid, "repetition": rep, "status": rec["status"]})
+        kept.append(eff)
+        rows.append({"route_id": rid, "repetition": rep, "driving_score": eff["scores"]["score_composed"],
+                     "route_completion": eff["scores"]["score_route"],
+                     "infraction_penalty": eff["scores"]["score_penalty"], "status": rec["status"],
+                     "route_length_m": rec["meta"].get("route_length", 0.0),
+                     "infractions": {k: len(rec["infractions"].get(k, ())) for k in scoring.INFRACTION_KEYS}})
+
+    means = scoring.global_means(kept, len(expected)) if expected else {
+        "driving_score": 0.0, "route_completion": 0.0, "infraction_penalty": 0.0}
+    per_km, km = scoring.infractions_per_km(kept)
+    counts = scoring.infraction_counts(kept)
+    per_km["total"] = sum(counts.values()) / km if km > 0 else None
+    return {
+        "label": label, "source": source, "source_label": "; ".join(source_labels),
+        "is_carla": source == CARLA_SOURCE, "benchmark": benchmark,
+        "files": [str(f) for f in files], "routes_file": str(routes_file) if routes_file else None,
+        "repetitions": repetitions, "sensors": sensors,
+        **means,
+        "num_routes_expected": len(expected), "num_routes_found": len(expected) - len(missing),
+        "missing_routes": missing, "failed_routes": failed, "crashed_routes": crashed,
+        "duplicates": duplicates,
+        "infraction_counts": counts, "infractions_per_km": per_km, "km_driven": km,
+        "infractions_per_km_rule": PER_KM_RULE,
+        "routes": rows,
+        "paper_table2": [{"name": n, "driving_score": ds, "route_completion": rc}
+                         for n, ds, rc in PAPER_TABLE2.get(benchmark or "", [])],
+        "warnings": warnings,
+    }
+
+
+# ---- rendering ---------------------------------------------------------------------------------------
+
+def source_banner(rep: dict[str, Any]) -> str:
+    if rep["is_carla"]:
+        return "Source: CARLA leaderboard results."
+    extra = f" ({rep['source_label']})" if rep.get("source_label") else ""
+    return (f"**Source: {rep['source']}{extra}. These are NOT CARLA numbers and are not comparable with "
+            f"the paper's Table 2.**")
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def render_markdown(rep: dict[str, Any]) -> str:
+    bench = {"short": "Town05 Short", "long": "Town05 Long"}.get(rep.get("benchmark") or "", "custom routes")
+    name = rep.get("label") or "run"
+    L = [f"# Closed-loop report: {name} ({bench})", "", source_banner(rep), ""]
+    L += ["| | DS | RC | infraction penalty | routes found / expected |", "|---|---|---|---|---|",
+          f"| {name} | {_f(rep['driving_score'])} | {_f(rep['route_completion'])} | "
+          f"{_f(rep['infraction_penalty'], 3)} | {rep['num_routes_found']} / {rep['num_routes_expected']} |"]
+    for p in rep["paper_table2"]:
+        L.append(f"| {p['name']} | {_f(p['driving_score'])} | {_f(p['route_completion'])} | | |")
+    if rep["paper_table2"]:
+        L += ["", "Paper rows: VLM-AD Table 2, CARLA 0.9.10.1."]
+    L += ["", f"Means over {rep['num_routes_expected']} route x repetition slots (repetitions: "
+          f"{rep['repetitions']}); missing slots count as 0; crashed routes count as failures with 0.", ""]
+    L += ["## Infractions", "", f"Km driven: {rep['km_driven']:.3f}. Rule: {rep['infractions_per_km_rule']}.",
+          "",
+          "| infraction | count | per km |", "|---|---|---|"]
+    for k in scoring.INFRACTION_KEYS:
+        L.append(f"| {scoring.INFRACTION_LABELS[k]} | {rep['infraction_counts'][k]} | "
+                 f"{_f(rep['infractions_per_km'][k], 3)} |")
+    total = sum(rep["infraction_counts"].values())
+    L.append(f"| all | {total} | {_f(rep['infractions_per_km']['total'], 3)} |")
+    L += ["", "## Routes", "", "| route | rep | DS | RC | penalty | status |", "|---|---|---|---|---|---|"]
+    for r in rep["routes"]:
+        L.append(f"| {r['route_id']} | {r['repetition']} | {_f(r['driving_score'])} | "
+                 f"{_f(r['route_completion'])} | {_f(r['infraction_penalty'], 3)} | {r['status']} |")
+    for title, key in (("Missing routes", "missing_routes"), ("Failed routes", "failed_routes"),
+                       ("Crashed routes (counted as failures with 0)", "crashed_routes")):
+        items = rep[key]
+        L += ["", f"## {title}: {len(items)}"]
+        L += [f"- {i['route_id']} rep {i['repetition']}" + (f": {i['status']}" if "status" in i else "")
+              for i in items]
+    if rep["duplicates"]:
+        L += ["", f"## Duplicates: {len(rep['duplicates'])} (kept one per the rule in docs/closed_loop.md)"]
+        L += [f"- {d['route_id']} rep {d['repetition']}: kept {d['kept']}; dropped {', '.join(d['dropped'])}"
+              for d in rep["duplicates"]]
+    if rep["warnings"]:
+        L += ["", "## Warnings"] + [f"- {w}" for w in rep["warnings"]]
+    L += ["", f"Sensors: {', '.join(rep['sensors']) or 'not recorded'}.",
+          f"Files: {', '.join(rep['files'])}.", ""]
+    return "\n".join(L)
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def write_plots(rep: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """Per-route DS bar chart and infraction breakdown as PNGs; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    tag = "" if rep["is_carla"] else f" [{rep['source']}: not CARLA]"
+    rows = rep["routes"]
+    multi = rep["repetitions"] > 1
+    names = [scoring.route_id_number(r["route_id"]) + (f".{r['repetition']}" if multi else "") for r in rows]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows) + 2), 3.5))
+    colors = ["tab:red" if r["status"] != scoring.STATUS_COMPLETED else "tab:blue" for r in rows]
+    ax.bar(range(len(rows)), [r["driving_score"] for r in rows], color=colors)
+    ax.set_xticks(range(len(rows)), names, rotation=90, fontsize=7)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("driving score")
+    ax.set_title(f"{rep.get('label') or 'run'}: per-route DS (red = not completed){tag}", fontsize=9)
+    fig.tight_layout()
+    p1 = out_dir / "per_route_ds.png"
+    atomic_write_bytes(p1, _png(fig))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    keys = list(scoring.INFRACTION_KEYS)
+    ax.barh([scoring.INFRACTION_LABELS[k] for k in keys], [rep["infraction_counts"][k] for k in keys])
+    ax.set_xlabel(f"count ({rep['km_driven']:.2f} km driven)")
+    ax.set_title(f"{rep.get('label') or 'run'}: infractions{tag}", fontsize=9)
+    fig.tight_layout()
+    p2 = out_dir / "infractions.png"
+    atomic_write_bytes(p2, _png(fig))
+    plt.close(fig)
+    return [p1, p2]
+
+
+def write_report(files: list[str | Path], json_path: str | Path, md_path: str | Path,
+                 plots_dir: str | Path | None = None, routes_file: str | Path | None = None,
+                 repetitions: int = 1, label: str = "", benchmark: str | None = None) -> Path:
+    """Build the report and write JSON, markdown and (optionally) plots; returns the JSON path."""
+    rep = build_report(files, routes_file, repetitions, label, benchmark)
+    if plots_dir is not None:
+        rep["plots"] = [str(p) for p in write_plots(rep, plots_dir)]
+    atomic_write_json(json_path, rep)
+    atomic_write_text(md_path, render_markdown(rep))
+    return Path(json_path)
+
+
+# ---- comparison --------------------------------------------------------------------------------------
+
+def compare(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Side-by-side rows of several reports plus the paper's Table 2 rows for the benchmarks present."""
+    rows = [{"name": r.get("label") or f"report {i}", "source": r["source"], "benchmark": r.get("benchmark"),
+             "driving_score": r["driving_score"], "route_completion": r["route_completion"],
+             "infraction_penalty": r["infraction_penalty"],
+             "infractions_per_km": r["infractions_per_km"]["total"],
+             "routes": f"{r['num_routes_found']}/{r['num_routes_expected']}"} for i, r in enumerate(reports)]
+    benches = sorted({r.get("benchmark") for r in reports if r.get("benchmark")})
+    paper = [{"name": n, "source": "paper (CARLA 0.9.10.1)", "benchmark": b, "driving_score": ds,
+              "route_completion": rc} for b in benches for n, ds, rc in PAPER_TABLE2[b]]
+    notes = []
+    if len({r.get("benchmark") for r in reports}) > 1:
+        notes.append("the reports cover different route sets: compare rows of the same benchmark only")
+    if any(r["source"] != CARLA_SOURCE for r in reports):
+        notes.append("rows whose source is not 'carla' are offline-world numbers, not CARLA numbers")
+    return {"rows": rows, "paper_table2": paper, "notes": notes}
+
+
+def render_compare_markdown(cmp: dict[str, Any]) -> str:
+    L = ["# Closed-loop comparison", "",
+         "| run | source | benchmark | DS | RC | penalty | infr./km | routes |",
+         "|---|---|---|---|---|---|---|---|"]
+    for r in cmp["rows"]:
+        src = r["source"] if r["source"] == CARLA_SOURCE else f"**{r['source']} (not CARLA)**"
+        L.append(f"| {r['name']} | {src} | {r['benchmark'] or 'custom'} | {_f(r['driving_score'])} | "
+                 f"{_f(r['route_completion'])} | {_f(r['infraction_penalty'], 3)} | "
+                 f"{_f(r['infractions_per_km'], 3)} | {r['routes']} |")
+    for p in cmp["paper_table2"]:
+        L.append(f"| {p['name']} | {p['source']} | {p['benchmark']} | {_f(p['driving_score'])} | "
+                 f"{_f(p['route_completion'])} | | | |")
+    L += [""] + [f"Note: {n}." for n in cmp["notes"]] + [""]
+    return "\n".join(L)
+
+
+def write_compare_plot(cmp: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = cmp["rows"] + cmp["paper_table2"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) + 2), 3.5))
+    xs = range(len(rows))
+    ax.bar([x - 0.2 for x in xs], [r["driving_score"] for r in rows], width=0.4, label="DS")
+    ax.bar([x + 0.2 for x in xs], [r["route_completion"] for r in rows], width=0.4, label="RC")
+    names = [r["name"] + ("" if r["source"] == CARLA_SOURCE or r["source"].startswith("paper")
+                          else "\n(not CARLA)") for r in rows]
+    ax.set_xticks(list(xs), names, fontsize=7, rotation=20)
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write_bytes(path, _png(fig))
+    plt.close(fig)
+    return path
+
+
+# ---- CLI ---------------------------------------------------------------------------------------------
+
+def _load_report(path: str) -> dict[str, Any]:
+    try:
+        rep = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"report {path} does not exist") from None
+    except ValueError as e:
+        raise UserError(f"report {path} is not valid JSON: {e}") from None
+    for key in ("driving_score", "route_completion", "infraction_penalty", "source", "infractions_per_km"):
+        if key not in rep:
+            raise UserError(f"{path} is not a report of `python -m carla_eval.report` (no {key!r})")
+    return rep
+
+
+def main_compare(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m carla_eval.report compare",
+                                description="Compare several reports (one per checkpoint) side by side and "
+                                            "with the paper's Table 2 rows.")
+    p.add_argument("reports", nargs="+", help="report JSON files written by `python -m carla_eval.report`")
+    p.add_argument("--markdown", required=True, help="comparison markdown to write")
+    p.add_argument("--json", default=None, help="comparison JSON to write")
+    p.add_argument("--plots", default=None, help="folder for compare.png (DS and RC per run)")
+    a = p.parse_args(argv)
+    cmp = compare([_load_report(r) for r in a.reports])
+    if a.plots:
+        cmp["plots"] = [str(write_compare_plot(cmp, Path(a.plots) / "compare.png"))]
+    atomic_write_text(a.markdown, render_compare_markdown(cmp))
+    if a.json:
+        atomic_write_json(a.json, cmp)
+    print(render_compare_markdown(cmp))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        return main_compare(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="python -m carla_eval.report",
+        description="Merge leaderboard results files (shards, repetitions), validate them and write the "
+                    "closed-loop report (DS, RC, infraction penalty, infractions per km, per-route rows). "
+                    "Use `python -m carla_eval.report compare A.json B.json --markdown OUT.md` to compare "
+                    "reports of several checkpoints.",
+        epilog="Rules" + (__doc__ or "Rules").split("Rules", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="leaderboard results JSON files (the evaluator's --checkpoint)")
+    p.add_argument("--routes", default=None, help="route XML: every route in it is expected (missing = 0)")
+    p.add_argument("--repetitions", type=int, default=1, help="--repetitions of the run (default 1)")
+    p.add_argument("--json", required=True, help="report JSON to write")
+    p.add_argument("--markdown", required=True, help="report markdown to write")
+    p.add_argument("--plots", default=None, help="folder for per_route_ds.png and infractions.png")
+    p.add_argument("--label", default="", help="name of the checkpoint / run shown in the report")
+    p.add_argument("--benchmark", choices=sorted(PAPER_TABLE2), default=None,
+                   help="which Table 2 rows to show (default: inferred from --routes)")
+    a = p.parse_args(argv)
+    path = write_report(a.results, a.json, a.markdown, a.plots, a.routes, a.repetitions, a.label, a.benchmark)
+    rep = json.loads(Path(path).read_text())
+    print(f"{source_banner(rep)}\nDS {rep['driving_score']:.2f}  RC {rep['route_completion']:.2f}  "
+          f"penalty {rep['infraction_penalty']:.3f}  routes {rep['num_routes_found']}/"
+          f"{rep['num_routes_expected']}  -> {a.json}, {a.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,1 @@
+"""Town05 benchmark route files: fetch (pinned, checksum-verified), parse/validate, shard."""
