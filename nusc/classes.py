@@ -82,3 +82,20 @@ def detection_label(category: str) -> int:
     """Index into DETECTION_CLASSES of a nuScenes category name, or -1 when the category is not detected."""
     cls = CATEGORY_TO_CLASS.get(category)
     return -1 if cls is None else DETECTION_CLASSES.index(cls)
+
+# The 13 nuScenes tables that nuscenes-devkit 1.2.0 loads (all must exist, even if empty).
+TABLES = (
+    "category",
+    "attribute",
+    "visibility",
+    "instance",
+    "sensor",
+    "calibrated_sensor",
+    "ego_pose",
+    "log",
+    "scene",
+    "sample",
+    "sample_data",
+    "sample_annotation",
+    "map",
+)

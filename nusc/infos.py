@@ -18,25 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from nusc import classes, records
+from nusc.classes import TABLES
 from nusc.records import CanBusSource, MapIndex, build_records, record_from_json, record_to_json
 from vlmad.errors import UserError
 from vlmad.io import atomic_write_text
 
-TABLES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
 CACHE_FORMAT = 1  # bump when the cache file layout changes
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from nusc.classes import MAP_CLASSES, NUSCENES_ATTRIBUTES, NUSCENES_CATEGORIES
+from nusc.classes import MAP_CLASSES, NUSCENES_ATTRIBUTES, NUSCENES_CATEGORIES, TABLES
 from nusc.records import motion_from_poses
 from vlmad.frames import invert_transform, rot_z, rotmat_to_quat, transform_points, yaw_of
 from vlmad.rig import Rig
@@ -277,24 +277,7 @@ def write_nuscenes(
 
 
 def _write_all(root: Path, version: str, drives: list[RecordedDrive], alias: dict[str, str]) -> None:
-    t: dict[str, list] = {
-        k: []
-        for k in (
-            "category",
-            "attribute",
-            "visibility",
-            "instance",
-            "sensor",
-            "calibrated_sensor",
-            "ego_pose",
-            "log",
-            "scene",
-            "sample",
-            "sample_data",
-            "sample_annotation",
-            "map",
-        )
-    }
+    t: dict[str, list] = {k: [] for k in TABLES}
     t["category"] = [
         {"token": _token("category", c), "name": c, "description": c} for c in NUSCENES_CATEGORIES
     ]

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from nusc.classes import TABLES as CORE_TABLES
 from nusc.classes import detection_label
-from nusc.infos import TABLES as CORE_TABLES
 from nusc.infos import check_layout
 from vlmad.errors import UserError
 from vlmad.frames import invert_transform, pose_to_matrix, quat_to_rotmat, world_to_ego, yaw_of
