@@ -61,17 +61,25 @@ _AGENT_ARRAYS = {
 # ----------------------------------------------------------------------------------------------------
 # Small geometry helpers
 # ----------------------------------------------------------------------------------------------------
+GRAVITY = 9.81  # m/s^2, included in IMU-style accelerations
+
+
 def motion_from_poses(
     times_s: np.ndarray, world_from_ego: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ego-frame velocity, acceleration and rotation rate, each (T, 3), from (T, 4, 4) poses."""
+    """Ego-frame velocity, acceleration and rotation rate, each (T, 3), from (T, 4, 4) poses.
+
+    The acceleration is what an IMU reports (specific force): kinematic acceleration plus +9.81 m/s^2
+    up, as in real nuScenes CAN bus pose messages and CARLA's IMU, so a model trained on derived CAN bus
+    values sees the same input as the closed-loop agent, which reads the IMU.
+    """
     n = len(times_s)
     if n < 2:
-        return np.zeros((n, 3)), np.zeros((n, 3)), np.zeros((n, 3))
+        return np.zeros((n, 3)), np.tile([0.0, 0.0, GRAVITY], (n, 1)), np.zeros((n, 3))
     pos = world_from_ego[:, :3, 3]
     yaw = np.unwrap([yaw_of(p) for p in world_from_ego])
     vel_w = np.gradient(pos, times_s, axis=0)
-    acc_w = np.gradient(vel_w, times_s, axis=0) if n >= 2 else np.zeros_like(vel_w)
+    acc_w = np.gradient(vel_w, times_s, axis=0) + np.array([0.0, 0.0, GRAVITY])
     rot_t = np.transpose(world_from_ego[:, :3, :3], (0, 2, 1))
     rate = np.zeros((n, 3))
     rate[:, 2] = np.gradient(yaw, times_s)

@@ -21,6 +21,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs (checkpoints, reports) are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

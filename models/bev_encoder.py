@@ -1,0 +1,301 @@
+"""BEVFormer-style BEV encoder: temporal self-attention + spatial cross-attention, in plain PyTorch.
+
+BEV grid convention (ours, used by every head): a (H, W) = (bev_h, bev_w) grid flattened row-major to
+H * W queries; the W axis runs along ego x (forward, [x_min, x_max]) and the H axis along ego y (left,
+[y_min, y_max]). A normalised BEV location (u, v) in [0, 1]^2 is therefore ((x - x_min) / (x_max - x_min),
+(y - y_min) / (y_max - y_min)), which is exactly grid_sample's (x along W, y along H) convention.
+
+Temporal alignment: instead of BEVFormer's can-bus shift of reference points plus image rotation, the
+previous BEV is resampled in one `grid_sample` at the positions where the current cells were in the
+previous ego frame (`prev_from_cur = inverse(cur_from_prev)`): shift and rotation together, exact for
+any ego motion, zeros where the previous grid did not reach.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.deform_attn import MSDeformAttn
+from models.layers import FFN
+
+
+def bev_cell_centres(
+    bev_h: int, bev_w: int, pc_range: tuple[float, ...], device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres of the BEV cells: (normalised (H*W, 2) as (u, v), metric (H*W, 2) as (x, y))."""
+    v, u = torch.meshgrid(
+        (torch.arange(bev_h, device=device, dtype=torch.float32) + 0.5) / bev_h,
+        (torch.arange(bev_w, device=device, dtype=torch.float32) + 0.5) / bev_w,
+        indexing="ij",
+    )
+    norm = torch.stack([u.reshape(-1), v.reshape(-1)], -1)
+    x0, y0, _, x1, y1, _ = pc_range
+    metric = torch.stack([x0 + norm[:, 0] * (x1 - x0), y0 + norm[:, 1] * (y1 - y0)], -1)
+    return norm, metric
+
+
+def align_prev_bev(
+    prev_bev: torch.Tensor, cur_from_prev: torch.Tensor, bev_h: int, bev_w: int, pc_range: tuple[float, ...]
+) -> torch.Tensor:
+    """Resample the previous BEV (B, H*W, C) onto the current grid given the ego motion (B, 4, 4).
+
+    Cell p of the current grid takes the previous BEV's value at `prev_from_cur @ p` (bilinear, zeros
+    outside the previous grid). Only the planar part (x, y, yaw) of the motion matters.
+    """
+    b, hw, c = prev_bev.shape
+    with torch.autocast(prev_bev.device.type, enabled=False):
+        prev_from_cur = torch.linalg.inv(cur_from_prev.float())
+        _, metric = bev_cell_centres(bev_h, bev_w, pc_range, prev_bev.device)
+        pts = metric[None] @ prev_from_cur[:, :2, :2].transpose(1, 2) + prev_from_cur[:, None, :2, 3]
+        x0, y0, _, x1, y1, _ = pc_range
+        grid = torch.stack([(pts[..., 0] - x0) / (x1 - x0), (pts[..., 1] - y0) / (y1 - y0)], -1) * 2 - 1
+        img = prev_bev.float().transpose(1, 2).reshape(b, c, bev_h, bev_w)  # fp32: see deform_attn
+        out = F.grid_sample(
+            img, grid.view(b, bev_h, bev_w, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+        )
+    return out.flatten(2).transpose(1, 2).to(prev_bev.dtype)
+
+
+def pillar_points(
+    bev_h: int, bev_w: int, pc_range: tuple[float, ...], num_heights: int, device: torch.device | None = None
+) -> torch.Tensor:
+    """3-D points of the BEV pillars: (H*W, D, 3) metric, D heights evenly inside [z_min, z_max]."""
+    _, metric = bev_cell_centres(bev_h, bev_w, pc_range, device)
+    z0, z1 = pc_range[2], pc_range[5]
+    zs = z0 + (torch.arange(num_heights, device=device, dtype=torch.float32) + 0.5) / num_heights * (z1 - z0)
+    xy = metric[:, None, :].expand(-1, num_heights, 2)
+    return torch.cat([xy, zs[None, :, None].expand(metric.shape[0], -1, 1)], -1)
+
+
+def project_pillars(
+    points: torch.Tensor, img_from_ego: torch.Tensor, img_hw: tuple[int, int], eps: float = 1e-5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project pillar points (N, D, 3) into every camera.
+
+    img_from_ego: (B, Ncam, 4, 4) for the resized/padded images of size img_hw = (H, W).
+    Returns normalised image coordinates (B, Ncam, N, D, 2) and visibility (B, Ncam, N, D) bool
+    (in front of the camera and inside the padded image).
+    """
+    with torch.autocast(points.device.type, enabled=False):
+        m = img_from_ego.float()
+        hom = torch.einsum("bcij,ndj->bcndi", m[..., :3, :3], points.float()) + m[:, :, None, None, :3, 3]
+        depth = hom[..., 2]
+        uv = hom[..., :2] / depth.clamp(min=eps).unsqueeze(-1)
+        uv = uv / torch.tensor([img_hw[1], img_hw[0]], dtype=uv.dtype, device=uv.device)
+        mask = (depth > eps) & (uv[..., 0] > 0) & (uv[..., 0] < 1) & (uv[..., 1] > 0) & (uv[..., 1] < 1)
+        uv = torch.nan_to_num(uv, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    return uv, mask
+
+
+class TemporalSelfAttention(nn.Module):
+    """BEVFormer TSA: deformable attention over [previous aligned BEV, current queries] (queue of 2).
+
+    The offsets and weights are predicted from [previous BEV, query + pos]; without a valid previous BEV
+    the current queries stand in for it (BEVFormer's first-frame behaviour)."""
+
+    def __init__(self, embed_dims: int, num_heads: int, num_points: int = 4, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.attn = MSDeformAttn(
+            embed_dims, num_heads, num_levels=1, num_points=num_points, num_queue=2, query_dims=2 * embed_dims
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        bev_query: torch.Tensor,
+        prev_bev: torch.Tensor | None,
+        prev_valid: torch.Tensor | None,
+        ref_2d: torch.Tensor,
+        bev_shape: tuple[int, int],
+    ) -> torch.Tensor:
+        """query (B, HW, C) current layer input; bev_query (B, HW, C) the encoder's initial queries;
+        prev_bev (B, HW, C) already aligned; prev_valid (B,) bool; ref_2d (HW, 2) normalised."""
+        if prev_bev is None or prev_valid is None:
+            prev, cur = query, query
+        else:
+            keep = prev_valid.view(-1, 1, 1)
+            prev = torch.where(keep, prev_bev.to(query.dtype), query)
+            cur = torch.where(keep, bev_query, query)
+        value = torch.stack([prev, cur], 1)  # (B, 2, HW, C)
+        q = torch.cat([prev, query + query_pos], -1)
+        ref = ref_2d[None, :, None, :].expand(query.shape[0], -1, 1, 2)
+        return query + self.dropout(self.attn(q, value, ref, [bev_shape]))
+
+
+class SpatialCrossAttention(nn.Module):
+    """BEVFormer SCA: each BEV query samples the camera features around its projected pillar points.
+
+    Queries are "rebatched" per camera (only the queries a camera sees are processed for it; gathered
+    with one index tensor, no Python loop over cameras), outputs summed and divided by the number of
+    cameras that see the query."""
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        num_levels: int,
+        num_points: int = 8,
+        num_heights: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.deformable_attention = MSDeformAttn(
+            embed_dims, num_heads, num_levels, num_points, num_anchors=num_heights, output_proj=False
+        )
+        self.output_proj = nn.Linear(embed_dims, embed_dims)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.zeros_(self.output_proj.bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        rebatch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """query (B, HW, C); value (B*Ncam, S, C) camera features; rebatch from `make_rebatch`."""
+        b, hw, c = query.shape
+        idx, slot_valid, ref = rebatch["index"], rebatch["slot_valid"], rebatch["ref"]
+        ncam, max_len = idx.shape[1], idx.shape[2]
+        q = (query + query_pos)[:, None].expand(b, ncam, hw, c)
+        q = q.gather(2, idx[..., None].expand(-1, -1, -1, c)).reshape(b * ncam, max_len, c)
+        out = self.deformable_attention(q, value, ref.flatten(0, 1), spatial_shapes)
+        out = (out.view(b, ncam, max_len, c) * slot_valid[..., None].to(out.dtype)).to(query.dtype)
+        slots = torch.zeros_like(query).scatter_add_(
+            1, idx.reshape(b, -1, 1).expand(-1, -1, c), out.reshape(b, -1, c)
+        )
+        slots = slots / rebatch["count"][..., None].to(slots.dtype)
+        return query + self.dropout(self.output_proj(slots))
+
+
+def make_rebatch(ref_cam: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-camera lists of visible BEV queries, padded to the longest (one host sync for its length).
+
+    ref_cam (B, Ncam, HW, D, 2), mask (B, Ncam, HW, D) -> dict with index (B, Ncam, L) long, slot_valid
+    (B, Ncam, L) bool, ref (B, Ncam, L, D, 2) and count (B, HW) = cameras seeing each query (>= 1).
+    """
+    hit = mask.any(-1)  # (B, Ncam, HW)
+    n = hit.sum(-1)
+    max_len = max(int(n.max()), 1)
+    # visible queries first (stable keeps the grid order), then take the first max_len
+    order = torch.argsort((~hit).to(torch.int8), dim=-1, stable=True)[..., :max_len]
+    slot_valid = torch.arange(max_len, device=mask.device)[None, None] < n[..., None]
+    d = ref_cam.shape[3]
+    ref = ref_cam.gather(2, order[..., None, None].expand(-1, -1, -1, d, 2))
+    return {"index": order, "slot_valid": slot_valid, "ref": ref, "count": hit.sum(1).clamp(min=1)}
+
+
+class BEVFormerLayer(nn.Module):
+    """self_attn (TSA), norm, cross_attn (SCA), norm, ffn, norm."""
+
+    def __init__(
+        self,
+        embed_dims: int,
+        num_heads: int,
+        ffn_dims: int,
+        num_levels: int,
+        num_points_tsa: int = 4,
+        num_points_sca: int = 8,
+        num_heights: int = 4,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.attentions = nn.ModuleList(
+            [
+                TemporalSelfAttention(embed_dims, num_heads, num_points_tsa, dropout),
+                SpatialCrossAttention(
+                    embed_dims, num_heads, num_levels, num_points_sca, num_heights, dropout
+                ),
+            ]
+        )
+        self.ffns = nn.ModuleList([FFN(embed_dims, ffn_dims, dropout)])
+        self.norms = nn.ModuleList([nn.LayerNorm(embed_dims) for _ in range(3)])
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_pos: torch.Tensor,
+        bev_query: torch.Tensor,
+        prev_bev: torch.Tensor | None,
+        prev_valid: torch.Tensor | None,
+        ref_2d: torch.Tensor,
+        bev_shape: tuple[int, int],
+        value: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        rebatch: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        x = self.norms[0](
+            self.attentions[0](query, query_pos, bev_query, prev_bev, prev_valid, ref_2d, bev_shape)
+        )
+        x = self.norms[1](self.attentions[1](x, query_pos, value, spatial_shapes, rebatch))
+        return self.norms[2](self.ffns[0](x))
+
+
+class BEVFormerEncoder(nn.Module):
+    """A stack of BEVFormer layers over one frame.
+
+    forward(bev_query (B, HW, C), bev_pos (HW, C), value (B*Ncam, S, C), spatial_shapes, img_from_ego
+    (B, Ncam, 4, 4), img_hw, prev_bev (B, HW, C) aligned or None, prev_valid (B,)) -> (B, HW, C).
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        embed_dims: int,
+        num_heads: int,
+        ffn_dims: int,
+        num_levels: int,
+        bev_h: int,
+        bev_w: int,
+        pc_range: tuple[float, ...],
+        num_heights: int = 4,
+        num_points_sca: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.bev_h, self.bev_w, self.pc_range, self.num_heights = bev_h, bev_w, tuple(pc_range), num_heights
+        self.layers = nn.ModuleList(
+            BEVFormerLayer(
+                embed_dims, num_heads, ffn_dims, num_levels, 4, num_points_sca, num_heights, dropout
+            )
+            for _ in range(num_layers)
+        )
+
+    def forward(
+        self,
+        bev_query: torch.Tensor,
+        bev_pos: torch.Tensor,
+        value: torch.Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        img_from_ego: torch.Tensor,
+        img_hw: tuple[int, int],
+        prev_bev: torch.Tensor | None,
+        prev_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        dev = bev_query.device
+        ref_2d, _ = bev_cell_centres(self.bev_h, self.bev_w, self.pc_range, dev)
+        pts = pillar_points(self.bev_h, self.bev_w, self.pc_range, self.num_heights, dev)
+        ref_cam, mask = project_pillars(pts, img_from_ego, img_hw)
+        rebatch = make_rebatch(ref_cam, mask)
+        pos = bev_pos[None].to(bev_query.dtype)
+        x = bev_query
+        for layer in self.layers:
+            x = layer(
+                x,
+                pos,
+                bev_query,
+                prev_bev,
+                prev_valid,
+                ref_2d,
+                (self.bev_h, self.bev_w),
+                value,
+                spatial_shapes,
+                rebatch,
+            )
+        return x

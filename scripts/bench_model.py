@@ -1,0 +1,260 @@
+"""Benchmark VAD configs: forward latency, throughput, peak memory, parameter counts per module.
+
+    python -m scripts.bench_model --configs vad_nano vad_tiny --iters 10 --device cpu
+    python -m scripts.bench_model --configs vad_base --device cuda --amp bf16 --iters 50 --train
+
+Each config runs at its native image size on random inputs (models.dummy_batch) in eval mode, as the
+closed-loop agent calls it: one frame (Tq = 1) plus the previous BEV state. Latency is the median of
+`--iters` timed calls after `--warmup` calls; the stages (backbone + FPN, BEV encoder, heads) are timed
+separately, each on precomputed inputs of the stage before. `--train` also times one training step
+(forward over the config's temporal queue + loss + backward + AdamW). Weights are random: speed does not
+depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models.configs import PRESETS, get_config
+from models.dummy_batch import feature_inputs, make_dummy_batch
+from models.vad import VAD, BEVState
+from vlmad.errors import UserError, cli_main
+from vlmad.io import atomic_write_json
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        with contextlib.suppress(OSError):  # Linux: "5" resets the peak RSS (VmHWM) of this process
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # process peak RSS, MiB
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _time(fn, iters: int, warmup: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def param_counts(model: VAD) -> dict[str, int]:
+    """Parameters per top-level block (millions are printed)."""
+    groups = {
+        "img_backbone": model.img_backbone,
+        "img_neck": model.img_neck,
+        "bev_encoder": model.transformer.encoder,
+        "det_decoder": model.transformer.decoder,
+        "map_decoder": model.transformer.map_decoder,
+        "motion": model.motion,
+        "planning": model.planning,
+        "lane_encoder": model.lane_encoder,
+    }
+    if model.tl_branch is not None:
+        groups["tl_branch"] = model.tl_branch
+    out = {k: sum(p.numel() for p in m.parameters()) for k, m in groups.items()}
+    total = sum(p.numel() for p in model.parameters())
+    out["embeddings+branches"] = total - sum(out.values())
+    out["total"] = total
+    out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return out
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    def conv(v):
+        if torch.is_tensor(v):
+            return v.to(device)
+        if isinstance(v, list):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(batch)
+
+
+def bench_config(
+    name: str, device: torch.device, iters: int, warmup: int, batch_size: int, amp: str, train: bool
+) -> dict:
+    cfg = get_config(name)
+    torch.manual_seed(0)
+    model = VAD(cfg).to(device)
+    counts = param_counts(model)
+    model.eval()
+    batch = _to(make_dummy_batch(cfg, batch_size=batch_size, queue_length=1), device)
+    inputs = feature_inputs(batch)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    ac = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+    b = batch_size
+    state = BEVState(
+        torch.zeros(b, cfg.bev_h * cfg.bev_w, cfg.embed_dims, device=device),
+        torch.ones(b, dtype=torch.bool, device=device),
+    )
+    imgs = inputs["img"][:, -1].flatten(0, 1)
+
+    def fwd():
+        with torch.inference_mode(), ac():
+            model(inputs, state)
+
+    def backbone():
+        with torch.inference_mode(), ac():
+            model.extract_img_feats(imgs)
+
+    with torch.inference_mode(), ac():
+        feats = model.extract_img_feats(imgs)
+        bev_out = model.encode_bev(inputs, state).bev
+    one = {
+        k: (v[:, -1] if k in ("img_from_ego", "can_bus", "cur_from_prev", "prev_valid") else v)
+        for k, v in inputs.items()
+    }
+
+    def bev():  # the BEV encoder alone, on precomputed image features
+        with torch.inference_mode(), ac():
+            model.encode_frame(
+                feats,
+                one["img_from_ego"],
+                one["can_bus"],
+                one["cur_from_prev"],
+                one["prev_valid"],
+                cfg.img_hw,
+                state,
+            )
+
+    def heads():
+        with torch.inference_mode(), ac():
+            model.decode(bev_out, inputs)
+
+    _reset_peak(device)
+    times = _time(fwd, iters, warmup, device)
+    peak = _peak_mib(device)
+    t_bb = statistics.median(_time(backbone, max(iters // 2, 1), 1, device))
+    t_bev = statistics.median(_time(bev, max(iters // 2, 1), 1, device))
+    t_heads = statistics.median(_time(heads, max(iters // 2, 1), 1, device))
+    med = statistics.median(times)
+    res = {
+        "config": name,
+        "device": str(device),
+        "amp": amp,
+        "batch": b,
+        "img_hw": list(cfg.img_hw),
+        "bev": [cfg.bev_h, cfg.bev_w],
+        "latency_ms_median": med,
+        "latency_ms_min": min(times),
+        "throughput_fps": 1000.0 * b / med,
+        "peak_mem_mib": peak,
+        "stage_ms": {"backbone+fpn": t_bb, "bev_encoder": t_bev, "heads": t_heads},
+        "params": counts,
+    }
+    if train:
+        model.train()
+        tb = _to(make_dummy_batch(cfg, batch_size=batch_size), device)
+        tin = feature_inputs(tb)
+        opt = torch.optim.AdamW(model.param_groups(2e-4))
+
+        def step():
+            with ac():
+                out, _ = model(tin)
+                loss = model.loss(out, tb)["total"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        _reset_peak(device)
+        tt = _time(step, max(iters // 2, 1), min(warmup, 2), device)
+        res["train_step_ms_median"] = statistics.median(tt)
+        res["train_queue"] = cfg.queue_length
+        res["train_peak_mem_mib"] = _peak_mib(device)
+    return res
+
+
+def _print(res: dict) -> None:
+    p = res["params"]
+    s = res["stage_ms"]
+    print(
+        f"\n== {res['config']} on {res['device']} (amp={res['amp']}, batch {res['batch']}, image "
+        f"{res['img_hw'][1]}x{res['img_hw'][0]} x6, BEV {res['bev'][0]}x{res['bev'][1]}, Tq=1 + state)"
+    )
+    print(
+        f"forward latency median {res['latency_ms_median']:.1f} ms (min {res['latency_ms_min']:.1f}), "
+        f"throughput {res['throughput_fps']:.2f} frames/s, peak memory {res['peak_mem_mib']:.0f} MiB"
+    )
+    print(
+        f"stages: backbone+fpn {s['backbone+fpn']:.1f} ms, BEV encoder {s['bev_encoder']:.1f} ms, "
+        f"heads {s['heads']:.1f} ms"
+    )
+    if "train_step_ms_median" in res:
+        print(
+            f"train step (queue {res['train_queue']}, loss, backward, AdamW): "
+            f"{res['train_step_ms_median']:.1f} ms, peak memory {res['train_peak_mem_mib']:.0f} MiB"
+        )
+    print("parameters (M): " + ", ".join(f"{k} {v / 1e6:.2f}" for k, v in p.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", nargs="+", default=["vad_nano", "vad_tiny"], help=f"any of {list(PRESETS)}")
+    ap.add_argument("--iters", type=int, default=10, help="timed forward calls per config (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed calls first")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    ap.add_argument("--batch", type=int, default=1, help="samples per forward call")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
+    ap.add_argument("--train", action="store_true", help="also time a training step")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    args = ap.parse_args(argv)
+    for n in args.configs:
+        get_config(n)  # unknown names fail before any work
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        print(f"GPU: {torch.cuda.get_device_name(device)}; torch {torch.__version__}")
+    else:
+        print(f"CPU: {torch.get_num_threads()} torch threads; torch {torch.__version__}")
+    results = []
+    for name in args.configs:
+        res = bench_config(name, device, args.iters, args.warmup, args.batch, args.amp, args.train)
+        _print(res)
+        results.append(res)
+        sys.stdout.flush()
+    if args.json:
+        atomic_write_json(args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)
