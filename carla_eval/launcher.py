@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from carla_eval import scoring
+from carla_eval.bridge.launch import ShardBridge, check_setup
 from routes.fetch import BENCHMARKS
 from routes.parse import Route, parse_routes, shard_routes, write_routes
 from vlmad.config import load_config, save_resolved
@@ -223,7 +224,9 @@ def wait_for_server(cfg: EvalConfig, i: int, proc: subprocess.Popen | None, stop
             except RuntimeError:  # port open but the simulator is not ready (or it is not CARLA)
                 seen = "the port is open but get_server_version() got no answer"
             else:
-                check_versions(client_v, server_v, cfg.carla_version)
+                # under the bridge the client is the 3.7 egg, not this one: check the server alone
+                check_versions(server_v if cfg.carla_version in BRIDGE_CARLA else client_v, server_v,
+                               cfg.carla_version)
                 return server_v
         if time.monotonic() >= deadline:
             raise UserError(f"no CARLA server answered on {cfg.host}:{port} within {cfg.timeout:g} s "
@@ -297,6 +300,9 @@ class ShardRunner(threading.Thread):
         self.error: BaseException | None = None
         self.n_server = 0
         self.n_eval = 0
+        self.bridge = (ShardBridge.plan(self.dir, k, cfg.port_base, cfg.agent, cfg.checkpoint,
+                                        gpu_list(cfg)[k], cfg.timeout)
+                       if cfg.carla_version in BRIDGE_CARLA else None)  # 0.9.10.1: the agent bridge
 
     def log(self, msg: str) -> None:
         print(f"[shard {self.k}] {msg}", flush=True)
@@ -315,7 +321,7 @@ class ShardRunner(threading.Thread):
                 "scenarios": str(self.scenarios),
                 "repetitions": cfg.repetitions, "agent": cfg.agent, "checkpoint": cfg.checkpoint,
                 "track": cfg.track, "results": str(self.results), "client_timeout": cfg.client_timeout,
-                "shard": self.k, **ports(cfg, self.k)}
+                "shard": self.k, **ports(cfg, self.k), **(self.bridge.fields() if self.bridge else {})}
 
     def _cmd(self, template: tuple[str, ...]) -> list[str]:
         try:
@@ -338,10 +344,14 @@ class ShardRunner(threading.Thread):
             self.server = self.sup.start(self._cmd(self.cfg.server_cmd), log)
         version = wait_for_server(self.cfg, self.k, self.server, self.sup.stopping)
         self.log(f"server answers{' (CARLA ' + version + ')' if version else ''}")
+        if self.bridge is not None:  # a fresh driving server with every simulator
+            self.bridge.start(self.sup, restart=True)
+            self.log(f"bridge driving server answers at {self.bridge.address}")
 
     def evaluator_env(self) -> dict[str, str]:
         env = dict(os.environ)
         paths = [self.cfg.leaderboard_root, self.scenario_runner_root(),
+                 *(self.bridge.pythonpath(self.cfg.carla_root) if self.bridge else []),
                  str(Path(self.cfg.carla_root) / "PythonAPI" / "carla") if self.cfg.carla_root else "",
                  str(PROJECT_ROOT), env.get("PYTHONPATH", "")]
         env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
@@ -350,6 +360,8 @@ class ShardRunner(threading.Thread):
 
     def run_evaluator(self) -> int:
         """Run the evaluator once (resuming when the results file holds progress); returns its exit code."""
+        if self.bridge is not None:
+            self.bridge.start(self.sup)  # no-op while it runs; restarted if it died with the last route
         cmd = self._cmd(self.cfg.evaluator_cmd)
         if progress_of(read_results(self.results)) is not None:
             cmd.append("--resume=1")  # type=bool upstream: pass a non-empty value or nothing at all
@@ -384,6 +396,8 @@ class ShardRunner(threading.Thread):
         finally:
             if self.server is not None:
                 self.sup.kill(self.server)
+            if self.bridge is not None:
+                self.bridge.stop(self.sup)
 
     def _run(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -477,10 +491,9 @@ def resolve_routes(cfg: EvalConfig) -> tuple[Path, Path | None, str | None]:
 
 
 def validate(cfg: EvalConfig) -> None:
-    if cfg.carla_version in BRIDGE_CARLA:
-        raise UserError(f"--carla-version {cfg.carla_version} is not yet available: it needs the Python 3.7 "
-                        f"agent bridge (a later issue); supported now: {', '.join(SUPPORTED_CARLA)}")
-    if cfg.carla_version not in SUPPORTED_CARLA:
+    if cfg.carla_version in BRIDGE_CARLA:  # leaderboard in Python 3.7, the agent behind the bridge
+        check_setup(cfg.evaluator_python, "{leaderboard_root}" in " ".join(cfg.evaluator_cmd), cfg.carla_root)
+    elif cfg.carla_version not in SUPPORTED_CARLA:
         raise UserError(f"--carla-version {cfg.carla_version} is not supported; use one of {SUPPORTED_CARLA}")
     for name in ("servers", "repetitions", "max_crashes"):
         if getattr(cfg, name) < 1:
@@ -593,7 +606,8 @@ PORT_BASE+10i+5. Servers run off-screen (-RenderOffScreen -nosound), server i on
 Output: OUT/plan.json, OUT/shard_K/{routes.xml,results.json,server_N.log,evaluator_N.log},
 OUT/state.json (crash counts), OUT/report.json, OUT/report.md, OUT/plots/.
 Supported CARLA: 0.9.16 and 0.9.15 servers with the matching Python client (PyPI carla==0.9.16 is the
-project default). The benchmark's original 0.9.10.1 needs Python 3.7 (not yet available here).
+project default). The benchmark's original 0.9.10.1 runs the leaderboard under Python 3.7
+(--evaluator-python) with the agent behind the bridge: docs/bridge.md.
 Details: docs/closed_loop.md
 """
 
@@ -626,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--leaderboard-root", default=None, help="leaderboard 1.0 clone prepared by carla_eval/setup_carla.sh")
     a("--scenario-runner-root", default=None, help="scenario_runner clone (default: beside the leaderboard)")
     a("--carla-version", default=None, help=f"server version: 0.9.16 or 0.9.15 (default {d.carla_version}); "
-      "0.9.10.1 is not yet available (needs the Python 3.7 bridge)")
+      "0.9.10.1 runs through the Python 3.7 agent bridge (needs --evaluator-python; docs/bridge.md)")
     a("--host", default=None, help=f"server host (default {d.host})")
     a("--port-base", type=int, default=None, help=f"first RPC port (default {d.port_base})")
     a("--timeout", type=float, default=None, help=f"bounded wait for each server to answer, seconds "

@@ -378,8 +378,9 @@ def test_config_errors_are_user_errors(tmp_path, shared_reference):
         checkpoint="x",
         evaluator_cmd=("true",),
     )
-    with pytest.raises(UserError, match="not yet available"):
-        launcher.validate(launcher.EvalConfig(**{**base.__dict__, "carla_version": "0.9.10.1"}))
+    with pytest.raises(UserError, match="evaluator-python"):
+        launcher.validate(launcher.EvalConfig(**{**base.__dict__, "carla_version": "0.9.10.1",
+                                                 "evaluator_cmd": launcher.EvalConfig().evaluator_cmd}))
     with pytest.raises(UserError, match="--gpus"):
         launcher.validate(launcher.EvalConfig(**{**base.__dict__, "servers": 2, "gpus": "0"}))
     with pytest.raises(UserError, match="routes.fetch"):

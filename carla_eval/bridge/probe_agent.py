@@ -107,3 +107,41 @@ class ProbeAgent:
 
     def destroy(self) -> None:
         self.destroyed = True
+
+
+# ----------------------------------------------------------------------------------------------------
+# synthetic leaderboard data (tests and the benchmark)
+# ----------------------------------------------------------------------------------------------------
+def synthetic_route(n: int = 40, spacing: float = 2.0, geo_ref: tuple[float, float] = (42.0, 2.0)):
+    """A straight route along CARLA +x as the leaderboard hands it to set_global_plan:
+    ([({lat, lon, z}, RoadOption)], [(carla.Transform, RoadOption)])."""
+    import carla
+
+    from vlmad.commands import RoadOption
+    from world.sensors import carla_xy_to_gnss
+
+    gps, world = [], []
+    for i in range(n):
+        x, y = 10.0 + spacing * i, 5.0
+        option = RoadOption.LANEFOLLOW if i < n - 5 else RoadOption.LEFT
+        lat, lon = carla_xy_to_gnss(x, y, *geo_ref)
+        gps.append(({"lat": float(lat), "lon": float(lon), "z": 0.0}, option))
+        world.append((carla.Transform(carla.Location(x=x, y=y, z=0.0), carla.Rotation(yaw=0.0)), option))
+    return gps, world
+
+
+def synthetic_input(tick: int, rng: np.random.Generator, camera_size: tuple[int, int] = (1600, 900),
+                    cameras: tuple[str, ...] = CARLA_RIG.camera_names, speed: float = 3.0,
+                    geo_ref: tuple[float, float] = (42.0, 2.0)) -> dict:
+    """One tick of leaderboard input_data: random BGRA cameras, GNSS moving along the synthetic route at
+    `speed` m/s (20 Hz), IMU with gravity and a compass pointing along +x (east), speedometer."""
+    from world.sensors import carla_xy_to_gnss
+
+    w, h = camera_size
+    out: dict = {name: (tick, rng.integers(0, 256, (h, w, 4), dtype=np.uint8)) for name in cameras}
+    x = 10.0 + speed * 0.05 * tick + CARLA_RIG.imu_x
+    lat, lon = carla_xy_to_gnss(x, 5.0, *geo_ref)
+    out["GPS"] = (tick, np.array([float(lat), float(lon), 0.0]))
+    out["IMU"] = (tick, np.array([0.01 * tick % 0.3, 0.0, 9.81, 0.0, 0.0, 0.0, np.pi / 2]))
+    out["SPEED"] = (tick, {"speed": speed})
+    return out

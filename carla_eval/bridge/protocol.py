@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
+import os
 import socket
 import struct
 import time
@@ -51,6 +53,7 @@ MAX_HEADER = 64 << 20  # sanity bounds: a corrupt or foreign stream fails fast i
 MAX_PAYLOAD = 4 << 30
 ARRAY_KINDS = "biuf"  # bool, signed, unsigned, float: the only array kinds that cross
 RESIZE_METHODS = ("bilinear", "nearest")
+BLOCK_BYTES = 256 << 10  # bilinear resize works on row blocks of about this many bytes (cache-sized)
 
 
 # The 3.7-side agent's own config file (the leaderboard's --agent-config), JSON, written by
@@ -62,6 +65,9 @@ CLIENT_CONFIG_DEFAULTS = {
     "setup_timeout": 300.0,  # the server builds the agent and loads the checkpoint (per route)
     "step_timeout": 30.0,  # one run_step round trip; beyond it the car brakes and the route is failed
     "destroy_timeout": 30.0,  # destroy() never waits longer than this
+    "shared_memory": True,  # camera images through a /dev/shm region both sides map (Linux), not the socket
+    "resize_threads": min(6, os.cpu_count() or 1),  # cameras resized in parallel on the 3.7 side (numpy
+    # releases the GIL); 1 = one after the other
 }
 
 
@@ -147,7 +153,7 @@ def _encode(obj, arrays: list):
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind not in ARRAY_KINDS:
             raise ProtocolError(f"cannot send an array of dtype {obj.dtype} (only bool/int/uint/float)")
-        arrays.append(np.ascontiguousarray(obj))
+        arrays.append(obj if obj.flags.c_contiguous else obj.copy(order="C"))  # (keeps 0-d arrays 0-d)
         return {"$nd": len(arrays) - 1}
     if isinstance(obj, np.generic):
         return _encode(obj.item(), arrays)
@@ -168,12 +174,20 @@ def _encode(obj, arrays: list):
                         f"tuples, str-keyed dicts and numeric numpy arrays only)")
 
 
-def encode(obj) -> tuple[bytes, list]:
-    """(prefix + header bytes, payload chunks) of one message; chunks are bytes or array memoryviews."""
+def encode(obj, region: SharedRegion | None = None) -> tuple[bytes, list]:
+    """(prefix + header bytes, payload chunks) of one message; chunks are bytes or array memoryviews.
+
+    Arrays that lie inside `region` (shared memory both sides have mapped) travel by reference: their
+    meta says {"shm": 1, "offset": <byte offset in the region>} and no payload bytes are sent.
+    """
     arrays: list = []
     body = _encode(obj, arrays)
     metas, chunks, offset = [], [], 0
     for a in arrays:
+        at = region.offset_of(a) if region is not None else None
+        if at is not None:
+            metas.append({"dtype": a.dtype.str, "shape": list(a.shape), "offset": at, "shm": 1})
+            continue
         pad = -offset % ALIGN
         if pad:
             chunks.append(bytes(pad))
@@ -198,8 +212,9 @@ def _decode(obj, arrays: list):
     return obj
 
 
-def decode(header: bytes, payload) -> object:
-    """Inverse of `encode`: arrays are writable views into `payload` (a fresh buffer per message)."""
+def decode(header: bytes, payload, region: SharedRegion | None = None) -> object:
+    """Inverse of `encode`: arrays are writable views into `payload` (a fresh buffer per message) or,
+    for those sent by reference, into `region`."""
     try:
         meta = json.loads(header.decode("utf-8"))
         arrays = []
@@ -210,12 +225,84 @@ def decode(header: bytes, payload) -> object:
             shape = tuple(int(s) for s in m["shape"])
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
             offset = int(m["offset"])
-            if offset < 0 or offset + count * dt.itemsize > len(payload):
+            src = payload
+            if m.get("shm"):
+                if region is None:
+                    raise ProtocolError("array in shared memory, but no shared memory is attached")
+                src = region.mm
+            if offset < 0 or offset + count * dt.itemsize > len(src):
                 raise ProtocolError("array outside the payload")
-            arrays.append(np.frombuffer(payload, dtype=dt, count=count, offset=offset).reshape(shape))
+            arrays.append(np.frombuffer(src, dtype=dt, count=count, offset=offset).reshape(shape))
         return _decode(meta["body"], arrays)
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError) as e:
         raise ProtocolError(f"malformed bridge message ({type(e).__name__}: {e})") from None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shared memory for camera images (a file in /dev/shm, mapped by both sides; Linux)
+# ----------------------------------------------------------------------------------------------------
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "vlmad_bridge_"  # the server maps only files of this name in SHM_DIR
+
+
+def shm_available() -> bool:
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+class SharedRegion:
+    """A shared, read-write memory region backed by a file in /dev/shm (Python 3.7: no shared_memory).
+
+    The client creates it, the server maps the same file by name and unlinks it at once, so the memory
+    is freed when both sides have unmapped it (a crash leaks nothing once the server has attached).
+    """
+
+    def __init__(self, path: str, size: int, create: bool) -> None:
+        name = os.path.basename(path)
+        if os.path.dirname(os.path.abspath(path)) != SHM_DIR or not name.startswith(SHM_PREFIX):
+            raise BridgeError(f"refusing shared memory file {path!r} (only {SHM_DIR}/{SHM_PREFIX}*)")
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)
+            elif os.fstat(fd).st_size < size:
+                raise BridgeError(f"shared memory file {path} is smaller than announced ({size} B)")
+            self.mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.path, self.size = path, size
+        self.array = np.frombuffer(self.mm, dtype=np.uint8)
+        self.base = self.array.__array_interface__["data"][0]
+
+    @classmethod
+    def create(cls, size: int) -> SharedRegion:
+        name = f"{SHM_PREFIX}{os.getpid()}_{os.urandom(6).hex()}"
+        return cls(os.path.join(SHM_DIR, name), size, create=True)
+
+    def view(self, offset: int, shape: tuple, dtype=np.uint8) -> np.ndarray:
+        """A writable array at byte `offset` of the region."""
+        count = int(np.prod(shape, dtype=np.int64))
+        return self.array[offset: offset + count * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+    def offset_of(self, a: np.ndarray):
+        """Byte offset of a C-contiguous array lying inside the region, else None."""
+        if self.array is None or not a.flags.c_contiguous or a.nbytes == 0:
+            return None
+        off = a.__array_interface__["data"][0] - self.base
+        return off if 0 <= off and off + a.nbytes <= self.size else None
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.array = None
+        try:
+            self.mm.close()
+        except (BufferError, ValueError):  # arrays still point into it: the GC unmaps it later
+            pass
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -228,9 +315,9 @@ def _left(deadline: float, what: str) -> float:
     return left
 
 
-def send_message(sock: socket.socket, obj, timeout: float) -> None:
+def send_message(sock: socket.socket, obj, timeout: float, region: SharedRegion | None = None) -> None:
     """Send one message; BridgeTimeout / PeerGone when it cannot be delivered within `timeout` s."""
-    head, chunks = encode(obj)
+    head, chunks = encode(obj, region)
     send_frame(sock, head, chunks, timeout)
 
 
@@ -280,7 +367,7 @@ def _recv_into(sock: socket.socket, view: memoryview, deadline: float, timeout: 
         got += n
 
 
-def recv_message(sock: socket.socket, timeout: float) -> object:
+def recv_message(sock: socket.socket, timeout: float, region: SharedRegion | None = None) -> object:
     """Receive one message within `timeout` s (None = wait forever: only the server's idle wait)."""
     deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
     prefix = bytearray(PREFIX.size)
@@ -296,7 +383,7 @@ def recv_message(sock: socket.socket, timeout: float) -> object:
     payload = np.empty(plen, dtype=np.uint8)  # fresh per message: arrays handed out stay valid
     if plen:
         _recv_into(sock, memoryview(payload), deadline, timeout if timeout is not None else math.inf)
-    return decode(bytes(header), payload)
+    return decode(bytes(header), payload, region)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -385,10 +472,12 @@ class Resizer:
         wx = np.round(fx * one).astype(acc).reshape((1, self.width) + ones) * np.ones((1, 1) + tail, acc)
         self.wy0, self.wy1, self.wx0, self.wx1 = one - wy, wy, one - wx, wx
         self.half = acc(one * one // 2)
-        self.rows8 = np.empty((self.height, w) + tail, np.uint8)
-        self.v = np.empty((self.height, w) + tail, acc)
+        row_bytes = w * int(np.prod(tail, dtype=np.int64)) * np.dtype(acc).itemsize
+        self.block = max(1, min(self.height, BLOCK_BYTES // max(1, row_bytes)))
+        self.rows8 = np.empty((self.block, w) + tail, np.uint8)
+        self.v = np.empty((self.block, w) + tail, acc)
         self.t = np.empty_like(self.v)
-        self.o = np.empty(self.out_shape, acc)
+        self.o = np.empty((self.block, self.width) + tail, acc)
         self.t2 = np.empty_like(self.o)
 
     def __call__(self, img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -405,20 +494,22 @@ class Resizer:
             else:
                 np.take(rows, self.cols, axis=1, out=out, mode="clip")
             return out
-        v, t, o, t2 = self.v, self.t, self.o, self.t2
-        np.take(img, self.r0, axis=0, out=self.rows8, mode="clip")
-        np.multiply(self.rows8, self.wy0, out=v)
-        np.take(img, self.r1, axis=0, out=self.rows8, mode="clip")
-        np.multiply(self.rows8, self.wy1, out=t)
-        v += t  # vertical pass, 1/one units
-        np.take(v, self.c0, axis=1, out=o, mode="clip")
-        o *= self.wx0
-        np.take(v, self.c1, axis=1, out=t2, mode="clip")
-        t2 *= self.wx1
-        o += t2
-        o += self.half
-        o >>= self.shift
-        np.copyto(out, o, casting="unsafe")
+        for a in range(0, self.height, self.block):  # row blocks: the working set stays in cache
+            b = min(a + self.block, self.height)
+            rows8, v, t, o, t2 = (x[: b - a] for x in (self.rows8, self.v, self.t, self.o, self.t2))
+            np.take(img, self.r0[a:b], axis=0, out=rows8, mode="clip")  # "clip": unbuffered `out`
+            np.multiply(rows8, self.wy0[a:b], out=v)
+            np.take(img, self.r1[a:b], axis=0, out=rows8, mode="clip")
+            np.multiply(rows8, self.wy1[a:b], out=t)
+            v += t  # vertical pass, 1/one units
+            np.take(v, self.c0, axis=1, out=o, mode="clip")
+            o *= self.wx0
+            np.take(v, self.c1, axis=1, out=t2, mode="clip")
+            t2 *= self.wx1
+            o += t2
+            o += self.half
+            o >>= self.shift
+            np.copyto(out[a:b], o, casting="unsafe")
         return out
 
 

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -94,7 +95,7 @@ def read_client_config(path):
         with open(path) as f:
             raw = json.load(f)
     except (OSError, ValueError) as e:
-        raise BridgeAgentError("cannot read the bridge config {!r} ({}); {}".format(path, e, hint))
+        raise BridgeAgentError("cannot read the bridge config {!r} ({}); {}".format(path, e, hint)) from None
     if not isinstance(raw, dict):
         raise BridgeAgentError("bridge config {!r} is not a JSON object; {}".format(path, hint))
     unknown = sorted(set(raw) - set(P.CLIENT_CONFIG_DEFAULTS))
@@ -108,6 +109,10 @@ def read_client_config(path):
         if key.endswith("_timeout") and not (isinstance(val, (int, float)) and val > 0):
             raise BridgeAgentError("bridge config {!r}: {} must be a positive number of seconds"
                                    .format(path, key))
+    if not isinstance(cfg["resize_threads"], int) or cfg["resize_threads"] < 1:
+        raise BridgeAgentError("bridge config {!r}: resize_threads must be an integer >= 1".format(path))
+    if not isinstance(cfg["shared_memory"], bool):
+        raise BridgeAgentError("bridge config {!r}: shared_memory must be true or false".format(path))
     return cfg
 
 
@@ -132,16 +137,51 @@ def encode_plan(global_plan_gps, global_plan_world_coord):
                                                       dtype=np.int64)}
 
 
-def prepare_input(input_data, image_sizes, method):
-    """input_data with every camera named in `image_sizes` resized to its (width, height), numpy only."""
-    out = {}
+def prepare_input(input_data, image_sizes, method, resizers=None, dest=None, pool=None):
+    """input_data with every camera named in `image_sizes` resized to its (width, height), numpy only.
+
+    `resizers` (a dict kept by the caller) caches one P.Resizer and its output buffer per camera: the
+    output is overwritten by the next call, which is fine for data that is sent and then dropped.
+    `dest(key, shape)` may return an array to write camera `key` into (shared memory), or None.
+    `pool` (a concurrent.futures executor) resizes the cameras in parallel: numpy releases the GIL.
+    """
+    out = dict(input_data)
+    jobs = []
     for key, value in input_data.items():
         size = image_sizes.get(key)
         data = value[1] if isinstance(value, tuple) and len(value) == 2 else None
-        if size is not None and isinstance(data, np.ndarray) and data.ndim == 3 and data.dtype == np.uint8:
-            value = (value[0], P.resize_image(value[1], int(size[0]), int(size[1]), method))
+        if size is None or not isinstance(data, np.ndarray) or data.ndim != 3 or data.dtype != np.uint8:
+            continue
+        w, h = int(size[0]), int(size[1])
+        target = dest(key, (h, w) + data.shape[2:]) if dest is not None else None
+        if (data.shape[1], data.shape[0]) == (w, h):
+            if target is not None:
+                np.copyto(target, data)
+                out[key] = (value[0], target)
+            continue
+        resizer, buf = _resizer(resizers, key, data.shape, w, h, method)
+        jobs.append((key, value[0], resizer, data, target if target is not None else buf))
+
+    def run(job):
+        key, frame, resizer, data, buf = job
+        return key, (frame, resizer(data, buf))
+
+    done = pool.map(run, jobs) if pool is not None and len(jobs) > 1 else map(run, jobs)
+    for key, value in done:
         out[key] = value
     return out
+
+
+def _resizer(cache, key, shape, w, h, method):
+    """(P.Resizer, its output buffer or None) for camera `key`, cached in `cache` (a dict, or None)."""
+    if cache is None:
+        return P.Resizer(shape, w, h, method), None
+    cached = cache.get(key)
+    if cached is None or (cached[0].shape, cached[0].width, cached[0].height, cached[0].method) \
+            != (tuple(shape), w, h, method):
+        r = P.Resizer(shape, w, h, method)
+        cached = cache[key] = (r, np.empty(r.out_shape, np.uint8))
+    return cached
 
 
 _Base = AutonomousAgent if AutonomousAgent is not None else object
@@ -156,6 +196,12 @@ class BridgeAgent(_Base):
         self._sensors = []
         self._image_sizes = {}
         self._resize = "bilinear"
+        self._resizers = {}
+        self._region = None  # shared memory for camera images (P.SharedRegion), when both sides can
+        self._layout = {}  # camera id -> (byte offset in a slot, shape)
+        self._slot_bytes = 0
+        self._ticks = 0
+        self._pool = None  # threads resizing the cameras in parallel (config resize_threads)
         self.server_info = {}
         if AutonomousAgent is not None:
             # leaderboard 1.0: the base constructor calls setup(path_to_conf_file)
@@ -176,12 +222,18 @@ class BridgeAgent(_Base):
         if self._sock is None:
             raise P.PeerGone("not connected to the driving server")
         P.send_frame(self._sock, frame[0], frame[1], timeout)
-        reply = P.recv_message(self._sock, timeout)
+        reply = P.recv_message(self._sock, timeout, self._region)
         if not isinstance(reply, dict) or "ok" not in reply:
             raise P.ProtocolError("malformed reply from the driving server: {!r}".format(reply)[:300])
         return reply
 
     def _close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+        if self._region is not None:
+            self._region.close()
+            self._region = None
         if self._sock is not None:
             try:
                 self._sock.close()
@@ -228,6 +280,48 @@ class BridgeAgent(_Base):
         self._resize = reply["resize"]
         if Track is not None:
             self.track = Track[reply.get("track", "SENSORS")]
+        if self.config["shared_memory"] and reply.get("shm") and self._image_sizes and P.shm_available():
+            self._attach_shared_memory()
+
+    def _attach_shared_memory(self):
+        """Two slots of camera images (BGRA at the asked size) in /dev/shm; ticks alternate between them,
+        so an image handed to the server-side agent stays unchanged for two ticks."""
+        offset = 0
+        for key in sorted(self._image_sizes):
+            w, h = self._image_sizes[key]
+            offset += -offset % P.ALIGN
+            self._layout[key] = (offset, (int(h), int(w), 4))
+            offset += int(h) * int(w) * 4
+        self._slot_bytes = offset + (-offset % P.ALIGN)
+        try:
+            region = P.SharedRegion.create(2 * self._slot_bytes)
+        except (OSError, P.BridgeError) as e:  # e.g. /dev/shm full: the socket carries the images instead
+            self._layout = {}
+            sys.stderr.write("[bridge] no shared memory ({}); sending images through the socket\n".format(e))
+            return
+        try:
+            reply = self._request({"op": "shm", "path": region.path, "size": region.size},
+                                  self.config["connect_timeout"])
+        except P.BridgeError as e:
+            region.close()
+            region.unlink()
+            self._fail("driving server at {}: attaching shared memory failed: {}"
+                       .format(self.config["address"], e))
+        region.unlink()  # both sides have it mapped (or the server said no): the name is no longer needed
+        if reply["ok"]:
+            self._region = region
+        else:  # e.g. the server runs in another container: images go through the socket instead
+            region.close()
+            self._layout = {}
+            sys.stderr.write("[bridge] shared memory refused ({}); sending images through the socket\n"
+                             .format(reply.get("error")))
+
+    def _shared_slot(self, key, shape):
+        """Where camera `key` goes this tick, or None (not in the layout, or another shape)."""
+        spot = self._layout.get(key)
+        if spot is None or spot[1] != tuple(shape):
+            return None
+        return self._region.view((self._ticks % 2) * self._slot_bytes + spot[0], spot[1])
 
     def sensors(self):
         return [dict(s) for s in self._sensors]
@@ -251,12 +345,17 @@ class BridgeAgent(_Base):
     def run_step(self, input_data, timestamp):
         if self._failure is not None:
             raise BridgeAgentError(self._failure)
+        dest = self._shared_slot if self._region is not None else None
+        if self._pool is None and self.config["resize_threads"] > 1 and self._image_sizes:
+            self._pool = ThreadPoolExecutor(int(self.config["resize_threads"]))
         msg = {"op": "step", "timestamp": float(timestamp),
-               "input": prepare_input(input_data, self._image_sizes, self._resize)}
+               "input": prepare_input(input_data, self._image_sizes, self._resize, self._resizers, dest,
+                                      self._pool)}
+        self._ticks += 1
         try:
-            frame = P.encode(msg)
+            frame = P.encode(msg, self._region)
         except P.ProtocolError as e:  # a sensor value of a kind the bridge does not carry: a bug, not a loss
-            raise BridgeAgentError("input_data cannot cross the bridge: {}".format(e))
+            raise BridgeAgentError("input_data cannot cross the bridge: {}".format(e)) from None
         try:
             reply = self._exchange(frame, self.config["step_timeout"])
         except P.BridgeError as e:

@@ -229,14 +229,19 @@ class BridgeServer:
         if self.family != socket.AF_UNIX:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         agent = None
+        region = None  # shared memory the client put its camera images in (op "shm")
         try:
             if not self._hello(conn, n):
                 return
             while True:
-                msg = P.recv_message(conn, self.idle_timeout)
+                msg = P.recv_message(conn, self.idle_timeout, region)
                 op = msg.get("op") if isinstance(msg, dict) else None
                 if op == "step":
                     reply = self._step(agent, msg)
+                elif op == "shm":
+                    if region is not None:
+                        region.close()
+                    region, reply = self._attach(msg, n)
                 elif op == "setup":
                     if agent is not None:
                         reply = {"ok": False, "error": "setup twice on one connection (one agent per route)"}
@@ -253,7 +258,8 @@ class BridgeServer:
                     reply = {"ok": False, "error": f"unknown request {op!r}"}
                 P.send_message(conn, reply, REPLY_TIMEOUT)
         except P.PeerGone:
-            self.log(f"route {n}: the 3.7 side left{' without destroy' if agent is not None else ''}")
+            if agent is not None:
+                self.log(f"route {n}: the 3.7 side left without destroy")
         except P.BridgeTimeout:
             self.log(f"route {n}: no request for {self.idle_timeout:g} s; dropping the agent")
         except P.ProtocolError as e:
@@ -261,7 +267,18 @@ class BridgeServer:
         finally:
             if agent is not None:
                 self._destroy(agent, n)
+            if region is not None:
+                region.close()
             conn.close()
+
+    def _attach(self, msg: dict, n: int) -> tuple[P.SharedRegion | None, dict]:
+        try:
+            region = P.SharedRegion(str(msg["path"]), int(msg["size"]), create=False)
+        except (P.BridgeError, OSError, KeyError, ValueError) as e:
+            self.log(f"route {n}: shared memory refused: {e}")
+            return None, {"ok": False, "error": f"cannot map {msg.get('path')!r}: {e}"}
+        region.unlink()  # mapped on both sides now: the memory goes away with the last mapping
+        return region, {"ok": True}
 
     def _hello(self, conn: socket.socket, n: int) -> bool:
         msg = P.recv_message(conn, HELLO_TIMEOUT)
@@ -293,7 +310,8 @@ class BridgeServer:
         track = str(getattr(track, "value", track))
         self.log(f"route {n}: agent ready in {time.perf_counter() - t0:.1f} s ({config}); images "
                  f"{ {k: f'{w}x{h}' for k, (w, h) in sizes.items()} }")
-        return agent, {"ok": True, "sensors": sensors, "images": sizes, "resize": self.resize, "track": track}
+        return agent, {"ok": True, "sensors": sensors, "images": sizes, "resize": self.resize, "track": track,
+                       "shm": P.shm_available()}
 
     def _plan(self, agent: Any, msg: dict) -> dict:
         if agent is None:
