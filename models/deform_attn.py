@@ -116,6 +116,40 @@ class MSDeformAttn(nn.Module):
             nn.init.xavier_uniform_(self.output_proj.weight)
             nn.init.zeros_(self.output_proj.bias)
 
+    def sampling(
+        self, query: torch.Tensor, reference_points: torch.Tensor, spatial_shapes: list[tuple[int, int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling locations (B, Q, heads, queue, L, P, 2) and softmaxed weights (B, Q, heads, queue, L, P),
+        both fp32, for query (B, Q, query_dims) and reference_points (B, Q, num_anchors, 2) in [0, 1]."""
+        b, q, _ = query.shape
+        nq, heads, lv, pts, anc = (
+            self.num_queue,
+            self.num_heads,
+            self.num_levels,
+            self.num_points,
+            self.num_anchors,
+        )
+        if len(spatial_shapes) != lv:
+            raise ValueError(f"expected {lv} levels, got {len(spatial_shapes)}")
+        off = self.sampling_offsets(query).float().view(b, q, heads, nq, lv, pts, 2)
+        attn = self.attention_weights(query).float().view(b, q, heads, nq, lv * pts).softmax(-1)
+        attn = attn.view(b, q, heads, nq, lv, pts)
+        # offsets are in pixels of each level: normalise by (W, H)
+        norm = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=off.dtype, device=off.device)
+        off = off / norm[None, None, None, None, :, None, :]
+        ref = reference_points.float()
+        # points split over anchors: (..., P/anchors, anchors, 2) + ref (B, Q, 1, 1, 1, 1, anchors, 2)
+        off = off.view(b, q, heads, nq, lv, pts // anc, anc, 2)
+        loc = (ref[:, :, None, None, None, None, :, :] + off).view(b, q, heads, nq, lv, pts, 2)
+        return loc, attn
+
+    def project_value(self, value: torch.Tensor, value_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """value (..., S, C) -> value_proj, padding zeroed, split into heads (..., S, heads, C / heads)."""
+        v = self.value_proj(value)
+        if value_mask is not None:
+            v = v.masked_fill(value_mask[..., None], 0.0)
+        return v.unflatten(-1, (self.num_heads, self.embed_dims // self.num_heads))
+
     def forward(
         self,
         query: torch.Tensor,
@@ -129,33 +163,12 @@ class MSDeformAttn(nn.Module):
         levels; value_mask: (B, S) or (B, num_queue, S) True where the value is padding.
         Returns (B, Q, C)."""
         b, q, _ = query.shape
-        nq, heads, lv, pts, anc = (
-            self.num_queue,
-            self.num_heads,
-            self.num_levels,
-            self.num_points,
-            self.num_anchors,
-        )
-        if len(spatial_shapes) != lv:
-            raise ValueError(f"expected {lv} levels, got {len(spatial_shapes)}")
+        nq, heads, lv, pts = self.num_queue, self.num_heads, self.num_levels, self.num_points
         if value.dim() == 3:
             value = value.unsqueeze(1)
-        s = value.shape[2]
-        v = self.value_proj(value)
-        if value_mask is not None:
-            v = v.masked_fill(value_mask.view(b, -1, s, 1), 0.0)
-        v = v.reshape(b * nq, s, heads, self.embed_dims // heads)
-
-        off = self.sampling_offsets(query).float().view(b, q, heads, nq, lv, pts, 2)
-        attn = self.attention_weights(query).float().view(b, q, heads, nq, lv * pts).softmax(-1)
-        attn = attn.view(b, q, heads, nq, lv, pts)
-        # offsets are in pixels of each level: normalise by (W, H)
-        norm = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=off.dtype, device=off.device)
-        off = off / norm[None, None, None, None, :, None, :]
-        ref = reference_points.float()
-        # points split over anchors: (..., P/anchors, anchors, 2) + ref (B, Q, 1, 1, 1, 1, anchors, 2)
-        off = off.view(b, q, heads, nq, lv, pts // anc, anc, 2)
-        loc = (ref[:, :, None, None, None, None, :, :] + off).view(b, q, heads, nq, lv, pts, 2)
+            value_mask = None if value_mask is None else value_mask.unsqueeze(1)
+        v = self.project_value(value, value_mask).flatten(0, 1)  # (B*nq, S, heads, hd)
+        loc, attn = self.sampling(query, reference_points, spatial_shapes)
         # fold the queue into the batch: (B*nq, Q, heads, L, P, ...)
         loc = loc.permute(0, 3, 1, 2, 4, 5, 6).reshape(b * nq, q, heads, lv, pts, 2)
         attn = attn.permute(0, 3, 1, 2, 4, 5).reshape(b * nq, q, heads, lv, pts)

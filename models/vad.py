@@ -275,7 +275,8 @@ class VAD(nn.Module):
         if cfg.can_bus_from_motion:
             with torch.autocast(can_bus.device.type, enabled=False):
                 prev_from_cur = torch.linalg.inv(cur_from_prev.float())
-                dyaw = torch.atan2(cur_from_prev[:, 1, 0].float(), cur_from_prev[:, 0, 0].float())
+                # heading change since the previous frame (positive = turned left), BEVFormer's can_bus[-1]
+                dyaw = torch.atan2(prev_from_cur[:, 1, 0], prev_from_cur[:, 0, 0])
             can_bus = torch.cat([prev_from_cur[:, :3, 3], can_bus[:, 3:17], torch.rad2deg(dyaw)[:, None]], -1)
         query = self.bev_embedding.weight[None] + self.transformer.can_bus_mlp(can_bus)[:, None]
         pos = self.positional_encoding()

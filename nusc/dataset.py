@@ -158,7 +158,8 @@ def build_targets(rec: dict, cfg: DatasetConfig) -> dict:
     """Training / evaluation targets of one record: ego future, agents in range, map vectors.
 
     ego_fut (6, 2), ego_fut_mask (6,), ego_fut_yaw (6,); agents: boxes (N, 7), labels (N,), velocity
-    (N, 2), fut (N, 6, 2), fut_mask (N, 6), fut_yaw (N, 6); map: cls (M,), pts (M, 20, 2).
+    (N, 2), fut (N, 6, 2), fut_mask (N, 6), fut_yaw (N, 6); map: cls (M,), pts (M, 20, 2); tl_label ()
+    for the CARLA variant's traffic-light branch (`traffic_light_label`).
     """
     ag = rec["agents"]
     boxes = np.asarray(ag["boxes"], np.float64).reshape(-1, 7)
@@ -175,7 +176,21 @@ def build_targets(rec: dict, cfg: DatasetConfig) -> dict:
         "ego_fut_yaw": torch.as_tensor(rec["ego_fut_yaw"], dtype=torch.float32),
         "agents": agents,
         "map": {"cls": torch.from_numpy(cls), "pts": torch.as_tensor(pts, dtype=torch.float32)},
+        "tl_label": torch.tensor(traffic_light_label(rec), dtype=torch.long),
     }
+
+
+TL_CLASSES = ("red", "yellow", "green")  # then 3 = no light ahead; order of VADConfig.tl_num_classes
+
+
+def traffic_light_label(rec: dict) -> int:
+    """Traffic-light class of a record for the CARLA variant: 0 red, 1 yellow, 2 green, 3 no light ahead,
+    -1 unknown (no privileged state: real nuScenes has none, so the loss ignores it)."""
+    priv = rec.get("privileged")
+    if not priv or "traffic_light" not in priv:
+        return -1
+    state = priv["traffic_light"]
+    return TL_CLASSES.index(state) if state in TL_CLASSES else len(TL_CLASSES)
 
 
 class NuScenesVADDataset(Dataset):

@@ -119,3 +119,38 @@ def test_pillars_project_into_the_right_cameras():
     # higher pillar points appear higher in the image (smaller v)
     v = uv[0, front, ahead, :, 1]
     assert torch.all(v[1:] < v[:-1])
+
+
+def test_packed_spatial_cross_attention_matches_a_per_camera_loop():
+    """All cameras packed and stacked in one grid_sample == each camera on its own with zero padding."""
+    from models.bev_encoder import SpatialCrossAttention, pack_visible
+
+    torch.manual_seed(0)
+    b, ncam, hw, d, c = 2, 3, 40, 2, 16
+    shapes = [(6, 9), (3, 5)]
+    sca = SpatialCrossAttention(
+        c, num_heads=2, num_levels=2, num_points=4, num_heights=d, dropout=0.0
+    ).double()
+    torch.nn.init.normal_(sca.deformable_attention.sampling_offsets.weight, std=2.0)  # many samples off-image
+    torch.nn.init.normal_(sca.deformable_attention.attention_weights.weight, std=0.5)
+    query, pos = torch.randn(b, hw, c, dtype=torch.float64), torch.randn(b, hw, c, dtype=torch.float64)
+    value = torch.randn(b * ncam, sum(h * w for h, w in shapes), c, dtype=torch.float64)
+    ref = torch.rand(b, ncam, hw, d, 2, dtype=torch.float64) * 1.2 - 0.1
+    mask = torch.rand(b, ncam, hw, d) < 0.35
+    mask[1] &= torch.rand(ncam, hw, d) < 0.5  # the two samples see different numbers of pairs
+    got = sca(query, pos, value, shapes, pack_visible(ref, mask))
+
+    slots = torch.zeros_like(query)
+    count = torch.zeros(b, hw, dtype=torch.float64)
+    da = sca.deformable_attention
+    for bi in range(b):
+        for k in range(ncam):
+            idx = mask[bi, k].any(-1).nonzero()[:, 0]
+            if len(idx) == 0:
+                continue
+            q = (query + pos)[bi, idx][None]
+            out = da(q, value[bi * ncam + k][None], ref[bi, k, idx][None], shapes)
+            slots[bi, idx] += out[0]
+            count[bi, idx] += 1
+    expected = query + sca.output_proj(slots / count.clamp(min=1)[..., None])
+    assert torch.allclose(got, expected, atol=1e-10)

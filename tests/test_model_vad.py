@@ -232,3 +232,29 @@ def test_bench_cli_runs_and_rejects_unknown_configs(tmp_path):
     assert res["config"] == "vad_nano" and res["params"]["total"] > 0 and res["latency_ms_median"] > 0
     with pytest.raises(UserError, match="vad_base"):
         main(["--configs", "vad_huge"])
+
+
+def test_can_bus_motion_fields_follow_the_ego_motion(nano):
+    """can_bus[0:3] becomes the displacement in the previous frame, can_bus[17] the yaw change (deg)."""
+    cfg, model = nano
+    seen = []
+    hook = model.transformer.can_bus_mlp.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].clone())
+    )
+    import math
+
+    from vlmad.frames import relative_motion, se2_pose
+
+    batch = make_dummy_batch(cfg, queue_length=1)
+    motion = relative_motion(se2_pose(0, 0, 0), se2_pose(2.0, 0.5, math.radians(10)))
+    inputs = {
+        **feature_inputs(batch),
+        "cur_from_prev": torch.as_tensor(motion, dtype=torch.float32)[None, None],
+    }
+    with torch.no_grad():
+        model(inputs)
+    hook.remove()
+    got = seen[-1][0]
+    assert torch.allclose(got[:3], torch.tensor([2.0, 0.5, 0.0]), atol=1e-5)
+    assert got[17].item() == pytest.approx(10.0, abs=1e-4)
+    assert torch.equal(got[3:17], inputs["can_bus"][0, 0, 3:17])
