@@ -10,7 +10,7 @@ import pytest
 
 from vlmad import frames
 from vlmad.commands import Command, RoadOption, command_from_future, command_from_road_option
-from vlmad.rig import CAMERA_NAMES, CARLA_RIG, NUSCENES_RIG
+from vlmad.rig import CAMERA_NAMES, CARLA_RIG, NUSCENES_RIG, CameraSpec
 
 
 @pytest.mark.parametrize("rig", [CARLA_RIG, NUSCENES_RIG], ids=lambda r: r.name)
@@ -54,6 +54,13 @@ def test_rig_camera_order_and_carla_sensor_convention():
     assert sensors["CAM_BACK_RIGHT"]["y"] == pytest.approx(0.55) and sensors["CAM_BACK_RIGHT"]["yaw"] == 110
     assert sensors["CAM_BACK"]["fov"] == 110 and sensors["CAM_BACK"]["x"] == -2.0
     assert len({s["id"] for s in CARLA_RIG.carla_sensors()}) == len(CARLA_RIG.carla_sensors())
+
+
+def test_carla_sensor_dict_round_trip():
+    for cam in CARLA_RIG.cameras:
+        assert CameraSpec.from_carla_sensor(cam.carla_sensor()) == cam
+    tilted = CameraSpec("X", 1.0, 0.3, 1.5, 20.0, 80.0, 320, 180, pitch_deg=5.0, roll_deg=-2.0)
+    assert CameraSpec.from_carla_sensor(tilted.carla_sensor()) == tilted
 
 
 def test_carla_sensor_pose_matches_rig_extrinsics():

@@ -79,6 +79,18 @@ class CameraSpec:
             "width": self.width, "height": self.height, "fov": self.fov_deg,
         }
 
+    @classmethod
+    def from_carla_sensor(cls, d: dict) -> CameraSpec:
+        """Inverse of `carla_sensor`: a leaderboard camera entry (CARLA convention) as a CameraSpec.
+
+        Missing optional keys take CARLA's defaults (fov 90, 800x600, zero angles)."""
+        return cls(
+            name=str(d["id"]), x=float(d["x"]), y=-float(d["y"]), z=float(d["z"]),
+            yaw_deg=-float(d.get("yaw", 0.0)), fov_deg=float(d.get("fov", 90.0)),
+            width=int(d.get("width", 800)), height=int(d.get("height", 600)),
+            pitch_deg=-float(d.get("pitch", 0.0)), roll_deg=float(d.get("roll", 0.0)),
+        )
+
     def resized(self, width: int, height: int) -> CameraSpec:
         """Same camera with another image size and the same FOV (the renderer uses this)."""
         return replace(self, width=width, height=height)

@@ -1,0 +1,211 @@
+"""Closed-loop driving in the offline world (no CARLA server) with leaderboard-format results.
+
+    python -m scripts.drive --agent-config CKPT --num-routes 4 --seed 0 --out results.json
+    python -m scripts.drive --expert --town Town02.xodr --routes routes.xml --out results.json --video vids/
+
+The agent is any leaderboard agent module (`--agent`, default agent.vad_agent: a module name or a
+.py file with `get_entry_point()`), built with `--agent-config` for every route as the leaderboard
+does; `--expert` drives the offline world's privileged expert instead. Routes come from a leaderboard
+route XML (`--routes`, keypoints in CARLA coordinates) or are generated at random (`--num-routes`).
+The results file has the leaderboard's layout (`python -m carla_eval.report` reads it unchanged) and is
+labelled as the offline world in its `meta`; it is rewritten atomically after every route and
+`--resume` continues an interrupted run. Scores are offline-world scores, NOT CARLA scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from carla_eval import scoring
+from vlmad.config import load_config, save_resolved
+from vlmad.errors import UserError, cli_main
+from vlmad.io import atomic_write_json
+from vlmad.rig import CARLA_RIG, Rig
+from world.config import LABEL, SOURCE, WorldConfig
+from world.expert import ExpertAgent
+from world.roadmap import GENERATED_TOWN, RouteSpec, load_map, parse_routes_xml, random_routes
+from world.runner import OfflineRunner, StepView, VideoWriter, results_file
+
+
+def load_agent_class(agent: str):
+    """The agent class of a leaderboard agent module (file path or module name), via get_entry_point()."""
+    try:
+        if agent.endswith(".py"):
+            path = Path(agent)
+            if not path.is_file():
+                raise UserError(f"agent file {path} does not exist")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(agent)
+    except UserError:
+        raise
+    except ImportError as e:
+        raise UserError(f"cannot import the agent {agent!r} ({e}); is the agent package installed?") from None
+    if not hasattr(module, "get_entry_point"):
+        raise UserError(f"agent module {agent!r} has no get_entry_point() (leaderboard agent convention)")
+    return getattr(module, module.get_entry_point())
+
+
+def _routes(a, cfg) -> tuple[list[RouteSpec], str]:
+    if a.routes:
+        routes = parse_routes_xml(a.routes, a.route_ids.split(",") if a.route_ids else None)
+        towns = {r.town for r in routes}
+        if a.town is None and len(towns) > 1:
+            raise UserError(f"{a.routes} mixes towns {sorted(towns)}; pass --town or --route-ids")
+        return routes, a.town or routes[0].town
+    town = a.town or GENERATED_TOWN
+    return [], town
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.drive",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent-config", help="agent configuration: the driving checkpoint (folder or YAML)")
+    who.add_argument("--expert", action="store_true", help="drive the privileged expert of the offline world")
+    p.add_argument(
+        "--agent", default="agent.vad_agent", help="leaderboard agent module or .py (default %(default)s)"
+    )
+    p.add_argument(
+        "--town",
+        default=None,
+        help=f"map: {GENERATED_TOWN} (generated, default), a .xodr path or a "
+        "CARLA town name found in --maps-dir / --carla-root",
+    )
+    p.add_argument("--routes", default=None, help="leaderboard route XML (keypoints in CARLA coordinates)")
+    p.add_argument("--route-ids", default=None, help="comma-separated route ids of --routes to run")
+    p.add_argument(
+        "--num-routes", type=int, default=4, help="random routes when no --routes (default %(default)s)"
+    )
+    p.add_argument("--min-length", type=float, default=150.0, help="random route length range, metres")
+    p.add_argument("--max-length", type=float, default=400.0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds routes, traffic and lights (default %(default)s)"
+    )
+    p.add_argument("--out", required=True, help="results JSON (leaderboard layout)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
+    p.add_argument("--video", default=None, help="folder for one front-camera MP4 per route")
+    p.add_argument("--maps-dir", default=None, help="folder of <town>.xodr files")
+    p.add_argument(
+        "--carla-root", default=None, help="CARLA install (maps in CarlaUE4/Content/Carla/Maps/OpenDrive)"
+    )
+    p.add_argument("--config", default=None, help="world config YAML (world.config.WorldConfig)")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. traffic.num_vehicles=10",
+    )
+    a = p.parse_args(argv)
+
+    cfg = load_config(WorldConfig, yaml_path=a.config, overrides=a.set)
+    cfg.seed = a.seed
+    if a.expert:
+        factory, agent_desc = (lambda: ExpertAgent("", cfg.expert)), "offline-world privileged expert"
+    else:
+        cls = load_agent_class(a.agent)
+        first = [
+            cls(a.agent_config)
+        ]  # built once up front: a bad checkpoint is a clear error, not N failed routes
+
+        def factory():
+            return first.pop() if first else cls(a.agent_config)
+
+        agent_desc = f"{a.agent} with {a.agent_config}"
+
+    routes, town = _routes(a, cfg)
+    rmap = load_map(town, a.maps_dir, a.carla_root or os.environ.get("CARLA_ROOT"))
+    if not routes:
+        routes = random_routes(rmap, a.num_routes, np.random.default_rng(a.seed), a.min_length, a.max_length)
+    for r in routes:
+        if r.town != rmap.name and a.routes and a.town is None:
+            raise UserError(f"route {r.route_id} is for town {r.town!r}, not {rmap.name!r}")
+
+    out = Path(a.out)
+    settings = {
+        "town": rmap.name,
+        "seed": a.seed,
+        "agent": agent_desc,
+        "routes": [[r.route_id, r.keypoints] for r in routes],
+    }
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    records: list[dict] = []
+    if a.resume and out.is_file():
+        try:
+            old = json.loads(out.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{out} is not valid JSON ({e}); remove it or run without --resume") from None
+        if old.get("meta", {}).get("run_digest") != digest:
+            raise UserError(
+                f"{out} was written by a run with other settings (town/seed/agent/routes); "
+                "use another --out or drop --resume"
+            )
+        records = [r for r in old["_checkpoint"]["records"] if not scoring.is_simulation_crash(r["status"])]
+    elif out.exists() and not a.resume:
+        raise UserError(f"{out} exists; pass --resume to continue it or choose another --out")
+    save_resolved(cfg, out.parent, f"{out.stem}.world.yaml")
+
+    runner = OfflineRunner(rmap, cfg, seed=a.seed)
+    meta = {"run_digest": digest, "town": rmap.name, "seed": a.seed, "agent": agent_desc}
+    sensors = []
+    bar = tqdm(total=len(routes), initial=len(records), desc=f"offline world {rmap.name}", unit="route")
+    for index in range(len(records), len(routes)):
+        spec = routes[index]
+        video = VideoWriter(Path(a.video) / f"route_{spec.route_id}.mp4") if a.video else None
+        vid_rig = Rig("video", (CARLA_RIG.camera("CAM_FRONT").resized(640, 360),))
+
+        def hook(view: StepView, video=video, vid_rig=vid_rig, rid=spec.route_id) -> None:
+            w = view.world
+            if w.frame % 100 == 0:
+                bar.set_postfix(route=rid, sim_s=f"{w.t:.0f}", refresh=False)
+            if video is not None and w.frame % 2 == 0:
+                img = view.images.get("CAM_FRONT")
+                video.add(img if img is not None else runner.render(w, vid_rig)["CAM_FRONT"])
+
+        def tracked_factory():
+            agent = factory()
+            sensors[:] = list(agent.sensors())
+            return agent
+
+        record = runner.run_route(tracked_factory, spec, index, on_step=hook)
+        if video is not None:
+            video.close()
+        records.append(record)
+        atomic_write_json(out, results_file(records, len(routes), sensors, meta))
+        bar.update(1)
+        bar.write(
+            f"route {spec.route_id}: {record['status']}, RC {record['scores']['score_route']:.1f}, "
+            f"DS {record['scores']['score_composed']:.1f}"
+        )
+    bar.close()
+    data = results_file(records, len(routes), sensors, meta)
+    atomic_write_json(out, data)
+    g = data["_checkpoint"]["global_record"]["scores"]
+    print(f"[{SOURCE}] {LABEL}")
+    print(
+        f"{len(records)} routes on {rmap.name}: driving score {g['score_composed']:.2f}, route completion "
+        f"{g['score_route']:.2f}, infraction penalty {g['score_penalty']:.3f} (offline world, not CARLA)"
+    )
+    print(f"results: {out}  (report: python -m carla_eval.report {out} --json R.json --markdown R.md)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(main))

@@ -1,0 +1,165 @@
+"""Offline world: generated towns, map loading, route planning and route files."""
+
+from __future__ import annotations
+
+import math
+
+import carla
+import numpy as np
+import pytest
+
+from vlmad.commands import RoadOption
+from vlmad.errors import UserError
+from world.roadmap import (
+    RoadMap,
+    RouteSpec,
+    downsample_route,
+    interpolate_trajectory,
+    load_map,
+    parse_routes_xml,
+    random_routes,
+    resolve_town,
+    routes_to_xml,
+)
+from world.sensors import carla_xy_to_gnss, geo_reference
+from world.xodr_gen import TownSpec, generate_town, validate_town
+
+
+@pytest.fixture(scope="module")
+def grid() -> RoadMap:
+    return load_map("VlmadGrid1x1")
+
+
+@pytest.fixture(scope="module")
+def town02(shared_maps) -> RoadMap:
+    return load_map("Town02", maps_dir=shared_maps)
+
+
+def test_generated_town_loads_with_signalised_four_way_junctions():
+    spec = TownSpec(name="T", grid_x=2, grid_y=1, lanes=3)
+    xodr = generate_town(spec)
+    assert xodr == generate_town(spec)  # deterministic
+    summary = validate_town(xodr, "T")
+    # 2x1 interior 4-way + 6 border T-junctions; 4 + 4 + 6 x 3 = 26 approaches, one light each.
+    assert summary["junctions"] == 8 and summary["traffic_lights"] == 26 and summary["dead_ends"] == 0
+    rm = RoadMap("T", xodr)
+    approaches = sorted(rm.junction_phases.values())
+    assert approaches.count(4) == 2 and approaches.count(3) == 6
+    cmap = carla.Map("T", xodr)
+    assert len(cmap.get_all_landmarks_of_type("1000001")) >= 26
+    # every approach light governs all 3 incoming lanes of its road
+    assert all(len(lt.segments) == 3 for lt in rm.lights)
+    # crossing a junction straight keeps the lane: lane centres 3.5 m apart
+    lt = rm.lights[0]
+    assert np.allclose(
+        np.sort(np.linalg.norm(lt.stop_pts - lt.stop_pts[0], axis=1)), [0, 3.5, 7.0], atol=1e-3
+    )
+
+
+def test_generated_town_rejects_impossible_specs():
+    with pytest.raises(UserError, match="block_m"):
+        generate_town(TownSpec(block_m=20.0))
+    with pytest.raises(UserError, match="lanes"):
+        generate_town(TownSpec(lanes=0))
+
+
+def test_resolve_town_errors_name_the_fix(tmp_path):
+    with pytest.raises(UserError, match="carla-root"):
+        resolve_town("Town05", maps_dir=tmp_path)
+    bad = tmp_path / "bad.xodr"
+    bad.write_text("<OpenDRIVE></OpenDRIVE>")
+    with pytest.raises(UserError):
+        load_map(str(bad))
+
+
+def _heading_change(route, i0, i1):
+    def yaw(t):
+        return -math.radians(t.rotation.yaw)  # CARLA yaw (clockwise) -> ours
+
+    d = yaw(route[i1][0]) - yaw(route[i0][0])
+    return (d + math.pi) % (2 * math.pi) - math.pi
+
+
+@pytest.mark.parametrize("which", ["grid", "town02"])
+def test_route_commands_match_the_turns(which, request):
+    rm = request.getfixturevalue(which)
+    routes = random_routes(rm, 6, np.random.default_rng(3), 150, 350, min_junctions=1)
+    seen = set()
+    for spec in routes:
+        _, route = interpolate_trajectory(rm.planner, spec.locations())
+        opts = [o for _, o in route]
+        i = 0
+        while i < len(opts):
+            if opts[i] in (RoadOption.LEFT, RoadOption.RIGHT, RoadOption.STRAIGHT):
+                j = i
+                while j + 1 < len(opts) and opts[j + 1] == opts[i]:
+                    j += 1
+                turn = math.degrees(_heading_change(route, max(i - 1, 0), min(j + 1, len(route) - 1)))
+                if opts[i] == RoadOption.LEFT:
+                    assert turn > 45, (which, spec.route_id, turn)
+                elif opts[i] == RoadOption.RIGHT:
+                    assert turn < -45, (which, spec.route_id, turn)
+                else:
+                    assert abs(turn) < 33, (which, spec.route_id, turn)
+                seen.add(opts[i])
+                i = j + 1
+            else:
+                i += 1
+        # dense: about 1 m between points, no jumps
+        locs = np.array([[t.location.x, t.location.y] for t, _ in route])
+        assert np.linalg.norm(np.diff(locs, axis=0), axis=1).max() < 2.5
+    assert len(seen) >= 2  # the routes exercised more than one kind of junction command
+
+
+def test_town02_right_turn_is_labelled_right(town02):
+    # From a lane end before a junction, through its right-turn connector, to the exit lane.
+    rm = town02
+    for seg in rm.segments:
+        if seg.junction < 0 and seg.light >= 0 and seg.length > 10:
+            for nxt in seg.succ:
+                j = rm.segments[nxt]
+                turn = (j.yaw[-1] - j.yaw[0] + math.pi) % (2 * math.pi) - math.pi
+                if turn < -1.2 and j.succ:
+                    out = rm.segments[j.succ[0]]
+                    a, b = seg.pts[len(seg.pts) // 3], out.pts[min(len(out.pts) - 1, 20)]
+                    locs = [carla.Location(a[0], -a[1], 0), carla.Location(b[0], -b[1], 0)]
+                    _, route = interpolate_trajectory(rm.planner, locs)
+                    opts = [o for _, o in route]
+                    assert opts[0] == RoadOption.LANEFOLLOW and opts[-1] == RoadOption.LANEFOLLOW
+                    assert RoadOption.RIGHT in opts and RoadOption.LEFT not in opts
+                    return
+    pytest.fail("no right turn found in Town02")
+
+
+def test_downsample_and_gps_follow_the_leaderboard(grid):
+    spec = random_routes(grid, 1, np.random.default_rng(0), 200, 300)[0]
+    gps, route = interpolate_trajectory(grid.planner, spec.locations())
+    assert len(gps) == len(route)
+    ids = downsample_route(route, 50)
+    assert ids[0] == 0 and ids[-1] == len(route) - 1
+    opts = [o for _, o in route]
+    for i in range(1, len(opts)):  # every option change is kept
+        if opts[i] != opts[i - 1]:
+            assert i in ids
+    kept = np.array([[route[i][0].location.x, route[i][0].location.y] for i in ids])
+    assert np.linalg.norm(np.diff(kept, axis=0), axis=1).max() < 55
+    ref = geo_reference(grid.cmap)
+    t = route[len(route) // 2][0].location
+    lat, lon = carla_xy_to_gnss(t.x, t.y, *ref)
+    g = gps[len(route) // 2][0]
+    assert g["lat"] == pytest.approx(float(lat)) and g["lon"] == pytest.approx(float(lon))
+
+
+def test_route_xml_roundtrip_and_errors(tmp_path, shared_reference):
+    routes = [RouteSpec("7", "VlmadGrid", [(1.0, 2.0, 0.0, 90.0), (30.0, -4.0, 0.0, 0.0)])]
+    path = tmp_path / "r.xml"
+    path.write_text(routes_to_xml(routes))
+    back = parse_routes_xml(path)
+    assert back[0].route_id == "7" and np.allclose(back[0].keypoints, routes[0].keypoints)
+    short = parse_routes_xml(shared_reference / "routes_town05_short.xml")
+    assert len(short) == 32 and all(r.town == "Town05" for r in short)
+    (tmp_path / "bad.xml").write_text("<routes><route id='1'>")
+    with pytest.raises(UserError, match="not valid XML"):
+        parse_routes_xml(tmp_path / "bad.xml")
+    with pytest.raises(UserError, match="does not exist"):
+        parse_routes_xml(tmp_path / "missing.xml")

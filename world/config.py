@@ -1,0 +1,97 @@
+"""Configuration of the offline world: one dataclass per concern, a comment on every field.
+
+Loaded and overridden with `vlmad.config.load_config(WorldConfig, yaml_path=..., overrides=[...])` and
+saved beside every output with `save_resolved`, so a result file can always be traced to its settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SOURCE = "offline_world"  # `meta.source` of every result file / dataset written from this world
+LABEL = "VLM-AD offline world (embedded default, no CARLA server): kinematic traffic on CARLA road networks"
+
+
+@dataclass
+class DynamicsConfig:
+    """Ego vehicle: kinematic bicycle driven by carla.VehicleControl (sized like CARLA's Lincoln MKZ)."""
+
+    length: float = 4.90  # body length, metres (CARLA mkz2017 bounding box 2 x 2.45)
+    width: float = 2.12  # body width, metres
+    height: float = 1.51  # body height, metres
+    wheelbase: float = 2.87  # metres; the reference point is the body centre, axles at +-wheelbase/2
+    max_steer_deg: float = 70.0  # front-wheel angle at |steer| = 1 (CARLA's default wheel max steer angle)
+    steer_time_constant: float = 0.10  # first-order lag of the steering actuator, seconds
+    max_lateral_accel: float = 8.0  # tyre grip: the turn is limited to v^2 * curvature <= this (m/s^2)
+    max_accel: float = 3.5  # full-throttle acceleration at standstill, m/s^2
+    max_speed: float = 30.0  # speed at which full throttle no longer accelerates, m/s
+    max_brake: float = 8.0  # deceleration at brake = 1, m/s^2
+    hand_brake_decel: float = 6.0  # deceleration of the hand brake, m/s^2
+    rolling_resistance: float = 0.15  # constant deceleration while moving, m/s^2
+    drag: float = 0.0004  # quadratic drag coefficient, 1/m
+    engine_brake: float = 0.3  # extra deceleration with throttle = 0 and brake = 0, m/s^2
+    max_reverse_speed: float = 5.0  # m/s
+
+
+@dataclass
+class TrafficConfig:
+    """Background vehicles, pedestrians and traffic-light cycles."""
+
+    num_vehicles: int = 30  # background vehicles spawned at reset (fewer if the town is small)
+    vehicle_speed: float = 8.0  # desired cruise speed, m/s (each vehicle draws +-20 % around it)
+    junction_speed: float = 5.0  # desired speed inside junctions, m/s
+    idm_accel: float = 1.5  # IDM maximum acceleration, m/s^2
+    idm_decel: float = 3.0  # IDM comfortable deceleration, m/s^2
+    idm_gap: float = 2.0  # IDM standstill gap, metres
+    idm_headway: float = 1.2  # IDM time headway, seconds
+    spawn_clearance: float = 12.0  # min distance between spawned vehicles, metres
+    stuck_respawn_s: float = 90.0  # a vehicle standing this long (gridlock) is moved to a free spot far away
+    ego_clearance: float = 20.0  # no vehicle is spawned closer than this to the ego start, metres
+    num_pedestrians: int = (
+        6  # pedestrians crossing at crosswalks (0 disables; towns without crosswalks: none)
+    )
+    pedestrian_speed: float = 1.3  # walking speed, m/s
+    green_s: float = 10.0  # green time of each approach, seconds (CARLA's default)
+    yellow_s: float = 3.0  # yellow time, seconds
+    all_red_s: float = 2.0  # all-red clearance between two approaches' greens, seconds
+
+
+@dataclass
+class CriteriaConfig:
+    """Leaderboard-1.0 criteria parameters (defaults are the leaderboard's)."""
+
+    seconds_per_meter: float = 0.8  # route timeout = seconds_per_meter x route length + initial delay
+    initial_delay_s: float = 5.0  # (leaderboard 1.0 route_scenario.py)
+    blocked_speed: float = 0.1  # AgentBlockedTest speed threshold, m/s
+    blocked_time_s: float = 180.0  # seconds below the threshold that end the route
+    offroute_max_m: float = 30.0  # InRouteTest offroad_max: farther than this from the route = deviation
+    completion_distance_m: float = (
+        10.0  # RouteCompletionTest: target reached within this distance (at > 99 %)
+    )
+    layout_margin_m: float = 0.0  # extra distance past the last lane (sidewalk edge) before a layout hit
+
+
+@dataclass
+class ExpertConfig:
+    """The privileged expert (route, lights, other actors known exactly)."""
+
+    cruise_speed: float = 7.0  # desired speed on straight roads, m/s
+    max_lateral_accel: float = 2.5  # curve speed limit v^2 * curvature <= this, m/s^2
+    stop_margin: float = 0.5  # metres between the front bumper and a stop line / crosswalk edge
+    lead_gap: float = 3.5  # standstill gap to an obstacle, metres
+    decel: float = 3.5  # comfortable deceleration used to decide whether a yellow can be stopped for, m/s^2
+    lookahead_m: float = 40.0  # corridor length checked for obstacles, metres
+
+
+@dataclass
+class WorldConfig:
+    """Everything that defines an offline-world run (besides the town, routes and agent)."""
+
+    dt: float = 0.05  # simulation step, seconds (the leaderboard runs CARLA synchronously at 20 Hz)
+    seed: int = 0  # seeds traffic spawn, route choice of background vehicles, light offsets
+    image_width: int = 640  # rendered camera width (VAD-Tiny input resolution)
+    image_height: int = 360  # rendered camera height
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    traffic: TrafficConfig = field(default_factory=TrafficConfig)
+    criteria: CriteriaConfig = field(default_factory=CriteriaConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
