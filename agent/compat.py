@@ -8,7 +8,14 @@ the stand-in below keeps the same interface and the same route downsampling (lea
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from enum import Enum
+from pathlib import Path
+
+from vlmad.errors import UserError
 
 try:  # the real thing, under the CARLA leaderboard
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track
@@ -52,3 +59,37 @@ except ImportError:  # leaderboard (or scenario_runner) not installed
             self._global_plan_world_coord = [(global_plan_world_coord[x][0], global_plan_world_coord[x][1])
                                              for x in ds_ids]
             self._global_plan = [global_plan_gps[x] for x in ds_ids]
+
+
+def load_agent_class(spec: str) -> type:
+    """The agent class of `pkg.module:Class`, `path/file.py:Class`, or a module / file (get_entry_point())."""
+    target, _, cls_name = spec.partition(":")
+    try:
+        if target.endswith(".py") or os.sep in target:
+            path = Path(target).expanduser().resolve()
+            if not path.is_file():
+                raise UserError(f"agent {spec!r}: {path} does not exist")
+            name = f"_leaderboard_agent_{path.stem}"
+            mod_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            sys.modules[name] = module
+            mod_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any import failure of the user's agent is their error to fix
+        raise UserError(f"agent {spec!r}: importing {target} failed: {type(e).__name__}: {e}") from None
+    if not cls_name:
+        entry = getattr(module, "get_entry_point", None)
+        if entry is None:
+            raise UserError(f"agent {spec!r}: {target} has no get_entry_point(); name the class as "
+                            f"{target}:ClassName")
+        cls_name = entry()
+    cls = getattr(module, cls_name, None)
+    if not isinstance(cls, type):
+        raise UserError(f"agent {spec!r}: {target} has no class {cls_name!r}")
+    for method in ("sensors", "run_step"):
+        if not callable(getattr(cls, method, None)):
+            raise UserError(f"agent {spec!r}: {cls_name} has no {method}(); not a leaderboard agent")
+    return cls

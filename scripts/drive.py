@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from agent.compat import load_agent_class
 from carla_eval import scoring
 from vlmad.config import load_config, save_resolved
 from vlmad.errors import UserError, cli_main
@@ -35,27 +34,6 @@ from world.config import LABEL, SOURCE, WorldConfig
 from world.expert import ExpertAgent
 from world.roadmap import GENERATED_TOWN, RouteSpec, load_map, parse_routes_xml, random_routes
 from world.runner import OfflineRunner, StepView, VideoWriter, results_file
-
-
-def load_agent_class(agent: str):
-    """The agent class of a leaderboard agent module (file path or module name), via get_entry_point()."""
-    try:
-        if agent.endswith(".py"):
-            path = Path(agent)
-            if not path.is_file():
-                raise UserError(f"agent file {path} does not exist")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(agent)
-    except UserError:
-        raise
-    except ImportError as e:
-        raise UserError(f"cannot import the agent {agent!r} ({e}); is the agent package installed?") from None
-    if not hasattr(module, "get_entry_point"):
-        raise UserError(f"agent module {agent!r} has no get_entry_point() (leaderboard agent convention)")
-    return getattr(module, module.get_entry_point())
 
 
 def _routes(a, cfg) -> tuple[list[RouteSpec], str]:

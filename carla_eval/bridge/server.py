@@ -20,8 +20,6 @@ otherwise the images arrive at the size `sensors()` asked for.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import inspect
 import os
 import signal
@@ -35,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.compat import load_agent_class
 from carla_eval.bridge import protocol as P
 from vlmad.commands import RoadOption
 from vlmad.errors import UserError, cli_main
@@ -46,40 +45,6 @@ REPLY_TIMEOUT = 60.0  # sending one reply (the client reads at once; this only b
 # ----------------------------------------------------------------------------------------------------
 # agents
 # ----------------------------------------------------------------------------------------------------
-def load_agent_class(spec: str) -> type:
-    """The agent class of `pkg.module:Class`, `path/file.py:Class`, or a module / file (get_entry_point())."""
-    target, _, cls_name = spec.partition(":")
-    try:
-        if target.endswith(".py") or os.sep in target:
-            path = Path(target).expanduser().resolve()
-            if not path.is_file():
-                raise UserError(f"--agent {spec!r}: {path} does not exist")
-            name = f"_bridge_agent_{path.stem}"
-            mod_spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(mod_spec)
-            sys.modules[name] = module
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any import failure of the user's agent is their error to fix
-        raise UserError(f"--agent {spec!r}: importing {target} failed: {type(e).__name__}: {e}") from None
-    if not cls_name:
-        entry = getattr(module, "get_entry_point", None)
-        if entry is None:
-            raise UserError(f"--agent {spec!r}: {target} has no get_entry_point(); name the class as "
-                            f"{target}:ClassName")
-        cls_name = entry()
-    cls = getattr(module, cls_name, None)
-    if not isinstance(cls, type):
-        raise UserError(f"--agent {spec!r}: {target} has no class {cls_name!r}")
-    for method in ("sensors", "run_step"):
-        if not callable(getattr(cls, method, None)):
-            raise UserError(f"--agent {spec!r}: {cls_name} has no {method}(); not a leaderboard agent")
-    return cls
-
-
 def make_agent(cls: type, config: str) -> Any:
     """Build one agent as leaderboard 1.0 does (constructor calls setup) or Class() + setup(config)."""
     required = [p for p in inspect.signature(cls).parameters.values()
