@@ -215,35 +215,6 @@ def test_agent_errors_fail_the_route_not_the_run(grid):
     assert runner.run_route(broken, straight, 1)["status"] == "Failed - Agent couldn't be set up"
 
 
-def test_cameras_render_at_the_agents_model_size_when_it_offers_one(grid):
-    """An agent with input_image_sizes() gets images at that size (same FOV), unless switched off."""
-    import dataclasses
-
-    from vlmad.rig import CARLA_RIG
-
-    straight, _, _ = _junction_routes(grid)
-    rig = CARLA_RIG.with_image_size(96, 54)
-    shapes = []
-
-    class Small(ExpertAgent):
-        def sensors(self):
-            return rig.carla_sensors()
-
-        def input_image_sizes(self):
-            return {name: (32, 18) for name in rig.camera_names}
-
-        def run_step(self, input_data, timestamp):
-            shapes.append({input_data[c][1].shape for c in rig.camera_names})
-            return super().run_step(input_data, timestamp)
-
-    OfflineRunner(grid, _cfg()).run_route(lambda: Small(), straight, 0, max_steps=2)
-    assert shapes and all(s == {(18, 32, 4)} for s in shapes)
-    shapes.clear()
-    off = dataclasses.replace(_cfg(), render_at_agent_size=False)
-    OfflineRunner(grid, off).run_route(lambda: Small(), straight, 0, max_steps=2)
-    assert shapes and all(s == {(54, 96, 4)} for s in shapes)
-
-
 def test_camera_agent_gets_leaderboard_input_data(grid):
     from vlmad.rig import CARLA_RIG
 

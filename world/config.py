@@ -91,10 +91,6 @@ class WorldConfig:
     seed: int = 0  # seeds traffic spawn, route choice of background vehicles, light offsets
     image_width: int = 640  # rendered camera width (VAD-Tiny input resolution)
     image_height: int = 360  # rendered camera height
-    # Render the agent's cameras directly at the size its model consumes when the agent says so
-    # (`input_image_sizes()`, as the 0.9.10.1 bridge does) instead of at the sensors() size (1600x900)
-    # followed by the agent's own downscale: same field of view and intrinsics, about 20x less rendering.
-    render_at_agent_size: bool = True
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     criteria: CriteriaConfig = field(default_factory=CriteriaConfig)

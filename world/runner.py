@@ -120,17 +120,6 @@ class OfflineRunner:
         ]
         return self.renderer(rig).render(world.world_from_ego(), boxes, lights)
 
-    def agent_rig(self, agent, rig: Rig) -> Rig:
-        """The rig to render for `agent`: at its model's input size when it offers one (config switch)."""
-        sizes = getattr(agent, "input_image_sizes", None)
-        if not (self.cfg.render_at_agent_size and callable(sizes) and rig.cameras):
-            return rig
-        wanted = {tuple(sizes().get(c.name, (c.width, c.height))) for c in rig.cameras}
-        if len(wanted) != 1:  # the renderer draws one size for all cameras
-            return rig
-        ((w, h),) = wanted
-        return rig.with_image_size(int(w), int(h))
-
     def input_data(self, world: OfflineWorld, sensors: list[dict], rig: Rig, images: dict) -> dict:
         """Leaderboard `input_data` keyed by the agent's own sensor ids."""
         from world.sensors import make_input_data
@@ -190,7 +179,7 @@ class OfflineRunner:
                 if hasattr(agent, "bind_world"):
                     agent.bind_world(world)
                 sensors = list(agent.sensors())
-                rig = self.agent_rig(agent, rig_from_sensors(sensors))
+                rig = rig_from_sensors(sensors)
                 steps = 0
                 while not crit.done and (max_steps is None or steps < max_steps):
                     images = self.render(world, rig) if rig.cameras else {}
