@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from vlmad.config import load_config, save_resolved
+from vlmad.config import save_resolved
 from vlmad.errors import UserError, cli_main
 from world.collect import collect
-from world.config import LABEL, SOURCE, WorldConfig
+from world.config import LABEL, SOURCE, add_world_args, world_config_from_args
 from world.roadmap import GENERATED_TOWN, load_map
 from world.runner import OfflineRunner
 
@@ -43,31 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--drives", type=int, default=4, help="number of drives = scenes (default %(default)s)")
     p.add_argument("--frames", type=int, default=40, help="keyframes per drive, 2 Hz (default %(default)s)")
-    p.add_argument(
-        "--seed", type=int, default=0, help="seeds routes, traffic and lights (default %(default)s)"
-    )
     p.add_argument("--out", required=True, help="dataroot to create (must not exist)")
     p.add_argument("--version", default="v1.0-mini", help="nuScenes version folder (default %(default)s)")
     p.add_argument(
         "--image-size", default=None, help="camera images WxH (default: world.image_width x height)"
     )
-    p.add_argument("--maps-dir", default=None, help="folder of <town>.xodr files")
-    p.add_argument(
-        "--carla-root", default=None, help="CARLA install (maps in CarlaUE4/Content/Carla/Maps/OpenDrive)"
-    )
-    p.add_argument("--config", default=None, help="world config YAML (world.config.WorldConfig)")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. traffic.num_vehicles=10",
-    )
+    add_world_args(p)
     a = p.parse_args(argv)
     if a.drives < 1 or a.frames < 2:
         raise UserError("--drives must be >= 1 and --frames >= 2")
-    cfg = load_config(WorldConfig, yaml_path=a.config, overrides=a.set)
-    cfg.seed = a.seed
+    cfg = world_config_from_args(a)
     if a.image_size:
         m = re.fullmatch(r"(\d+)x(\d+)", a.image_size)
         if not m:

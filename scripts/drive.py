@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from agent.compat import load_agent_class
 from carla_eval import scoring
-from vlmad.config import load_config, save_resolved
+from vlmad.config import save_resolved
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json
 from vlmad.rig import CARLA_RIG, Rig
-from world.config import LABEL, SOURCE, WorldConfig
+from world.config import LABEL, SOURCE, add_world_args, world_config_from_args
 from world.expert import ExpertAgent
 from world.roadmap import GENERATED_TOWN, RouteSpec, load_map, parse_routes_xml, random_routes
 from world.runner import OfflineRunner, StepView, VideoWriter, results_file
@@ -73,28 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--min-length", type=float, default=150.0, help="random route length range, metres")
     p.add_argument("--max-length", type=float, default=400.0)
-    p.add_argument(
-        "--seed", type=int, default=0, help="seeds routes, traffic and lights (default %(default)s)"
-    )
     p.add_argument("--out", required=True, help="results JSON (leaderboard layout)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
     p.add_argument("--video", default=None, help="folder for one front-camera MP4 per route")
-    p.add_argument("--maps-dir", default=None, help="folder of <town>.xodr files")
-    p.add_argument(
-        "--carla-root", default=None, help="CARLA install (maps in CarlaUE4/Content/Carla/Maps/OpenDrive)"
-    )
-    p.add_argument("--config", default=None, help="world config YAML (world.config.WorldConfig)")
-    p.add_argument(
-        "--set",
-        nargs="*",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides, e.g. traffic.num_vehicles=10",
-    )
+    add_world_args(p)
     a = p.parse_args(argv)
 
-    cfg = load_config(WorldConfig, yaml_path=a.config, overrides=a.set)
-    cfg.seed = a.seed
+    cfg = world_config_from_args(a)
     if a.expert:
         factory, agent_desc = (lambda: ExpertAgent("", cfg.expert)), "offline-world privileged expert"
     else:

@@ -6,7 +6,10 @@ saved beside every output with `save_resolved`, so a result file can always be t
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
+
+from vlmad.config import load_config
 
 SOURCE = "offline_world"  # `meta.source` of every result file / dataset written from this world
 LABEL = "VLM-AD offline world (embedded default, no CARLA server): kinematic traffic on CARLA road networks"
@@ -95,3 +98,22 @@ class WorldConfig:
     traffic: TrafficConfig = field(default_factory=TrafficConfig)
     criteria: CriteriaConfig = field(default_factory=CriteriaConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+
+def add_world_args(p: argparse.ArgumentParser) -> None:
+    """The options every offline-world CLI shares: seed, where maps come from, world config + overrides."""
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds routes, traffic and lights (default %(default)s)")
+    p.add_argument("--maps-dir", default=None, help="folder of <town>.xodr files")
+    p.add_argument("--carla-root", default=None,
+                   help="CARLA install (maps in CarlaUE4/Content/Carla/Maps/OpenDrive)")
+    p.add_argument("--config", default=None, help="world config YAML (world.config.WorldConfig)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides, e.g. traffic.num_vehicles=10")
+
+
+def world_config_from_args(a: argparse.Namespace) -> WorldConfig:
+    """The WorldConfig of `add_world_args` options (YAML, then overrides, then --seed)."""
+    cfg = load_config(WorldConfig, yaml_path=a.config, overrides=a.set)
+    cfg.seed = a.seed
+    return cfg
