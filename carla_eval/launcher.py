@@ -375,6 +375,12 @@ class ShardRunner(threading.Thread):
                 return p.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
                 pass
+            bridge_proc = self.bridge.proc if self.bridge is not None else None
+            if bridge_proc is not None and bridge_proc.poll() is not None:
+                # the driving server died mid-run: the route in flight fails as an agent error; restart it
+                # so that the following routes of this shard connect to a fresh one
+                self.log(f"bridge driving server exited with code {bridge_proc.returncode}; restarting it")
+                self.bridge.start(self.sup)
             if self.sup.stopping.is_set():
                 self.sup.kill(p)
                 raise InterruptedError("stopped")

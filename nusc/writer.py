@@ -67,7 +67,8 @@ class DriveFrame:
     images: dict[str, np.ndarray]  # camera name -> HxWx3 uint8 RGB (keyframes; {} allowed for non-keyframes)
     boxes: list[AgentBox]  # annotations (keyframes only are written)
     is_keyframe: bool = True  # samples = keyframes (2 Hz); non-keyframes only feed the CAN bus
-    accel: np.ndarray | None = None  # (3,) ego-frame acceleration m/s^2 (None: finite differences of poses)
+    accel: np.ndarray | None = None  # (3,) ego-frame specific force m/s^2, gravity included (+9.81 z at
+    # rest: the IMU / nuScenes CAN bus convention); None: finite differences of poses (+ gravity)
     rotation_rate: np.ndarray | None = None  # (3,) rad/s (None: finite differences)
     velocity: np.ndarray | None = None  # (3,) ego-frame velocity m/s (None: finite differences)
     privileged: dict | None = None  # JSON-serialisable extra state for the rule teacher

@@ -27,6 +27,8 @@ from world.config import LABEL, SOURCE, WorldConfig
 from world.expert import ExpertAgent
 from world.roadmap import RoadMap, random_routes
 from world.runner import OfflineRunner, StepView
+from world.sensors import specific_force
+from world.sim import OfflineWorld
 
 KEYFRAME_EVERY = 10  # 20 Hz steps per keyframe (2 Hz)
 CAN_EVERY = 2  # steps per CAN-bus frame (10 Hz)
@@ -57,25 +59,10 @@ def collect_drive(
         n = step["n"]
         if n % CAN_EVERY:
             return
-        w = view.world
         key = n % KEYFRAME_EVERY == 0
-        frame = DriveFrame(
-            timestamp_us=base + int(round(w.t * 1e6)),
-            world_from_ego=w.world_from_ego(),
-            images={},
-            boxes=[],
-            is_keyframe=key,
-            accel=w.ego_accel(),
-            rotation_rate=w.ego_gyro(),
-            velocity=w.ego_velocity(),
-        )
-        if key:
-            frame.images = runner.render(w, rig)
-            frame.boxes = _boxes(w)
-            frame.privileged = {**_jsonable(getattr(view.agent, "info", {})), "source": SOURCE}
-            if progress is not None:
-                progress.update(1)
-        frames.append(frame)
+        frames.append(record_frame(runner, view.world, rig, base, key, getattr(view.agent, "info", {})))
+        if key and progress is not None:
+            progress.update(1)
 
     record = runner.run_route(
         lambda: ExpertAgent("", cfg.expert),
@@ -98,6 +85,29 @@ def collect_drive(
         map_polylines=[],
         description=desc,
     )
+
+
+def record_frame(runner: OfflineRunner, w: OfflineWorld, rig: Rig, base_us: int, key: bool,
+                 info: dict | None = None) -> DriveFrame:
+    """The DriveFrame of the world's current state (time `base_us` + w.t): pose and CAN bus values, plus
+    images, boxes and the expert's privileged `info` when `key`. The CAN bus `accel` is the specific force
+    (with gravity), exactly what the agent's IMU reads (world.sensors.specific_force): the dataset's
+    can_bus[7:10] and the closed-loop agent's must agree (tests/test_parity_agent_dataset.py)."""
+    frame = DriveFrame(
+        timestamp_us=base_us + int(round(w.t * 1e6)),
+        world_from_ego=w.world_from_ego(),
+        images={},
+        boxes=[],
+        is_keyframe=key,
+        accel=specific_force(w.world_from_ego(), w.ego_accel()),
+        rotation_rate=w.ego_gyro(),
+        velocity=w.ego_velocity(),
+    )
+    if key:
+        frame.images = runner.render(w, rig)
+        frame.boxes = _boxes(w)
+        frame.privileged = {**_jsonable(info or {}), "source": SOURCE}
+    return frame
 
 
 def _boxes(w) -> list[AgentBox]:

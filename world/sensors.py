@@ -110,6 +110,16 @@ def _map_geo_reference(carla_map) -> tuple[float, float]:
     return hit[1]
 
 
+def specific_force(world_from_ego: np.ndarray, accel_ego: np.ndarray) -> np.ndarray:
+    """(3,) what an accelerometer reads, in our ego frame: kinematic acceleration `accel_ego` (ego frame,
+    m/s^2, no gravity) plus +9.81 m/s^2 along world up. The one definition of the IMU / CAN bus `accel`
+    convention (nuScenes pose messages and CARLA's IMU include gravity): the agent's IMU and the collected
+    dataset's CAN bus both come from here, so the model sees the same values in training and in closed loop.
+    """
+    r_ego_from_world = np.asarray(world_from_ego, dtype=np.float64)[:3, :3].T
+    return np.asarray(accel_ego, dtype=np.float64).reshape(3) + r_ego_from_world @ [0.0, 0.0, GRAVITY]
+
+
 def make_input_data(images: dict[str, np.ndarray], frame: int, world_from_ego: np.ndarray, speed: float,
                     accel_ego: np.ndarray, gyro: np.ndarray, carla_map, rig: Rig) -> dict:
     """Leaderboard `input_data` for one tick.
@@ -132,8 +142,7 @@ def make_input_data(images: dict[str, np.ndarray], frame: int, world_from_ego: n
     cx, cy, cz = ego_to_carla_xyz(mount)
     lat, lon = carla_xy_to_gnss(cx, cy, *_map_geo_reference(carla_map))
     out["GPS"] = (frame, np.array([float(lat), float(lon), float(cz)]))
-    r_ego_from_world = world_from_ego[:3, :3].T
-    acc = np.asarray(accel_ego, dtype=np.float64).reshape(3) + r_ego_from_world @ [0.0, 0.0, GRAVITY]
+    acc = specific_force(world_from_ego, accel_ego)
     w = np.asarray(gyro, dtype=np.float64).reshape(3)
     compass = compass_from_yaw(yaw_of(world_from_ego))
     out["IMU"] = (frame, np.array([acc[0], -acc[1], acc[2], -w[0], w[1], -w[2], compass]))

@@ -70,7 +70,8 @@ class ShardBridge:
             agent_config = str(Path(agent_config).resolve())  # the server does not share the launcher's cwd
         address = bridge_address(shard_dir, port_base + 10 * shard + BRIDGE_PORT_OFFSET)
         cfg = dict(P.CLIENT_CONFIG_DEFAULTS, address=address, agent_config=agent_config,
-                   step_timeout=float(step_timeout), setup_timeout=float(setup_timeout))
+                   step_timeout=float(step_timeout), setup_timeout=float(setup_timeout),
+                   reconnect_window=30.0)  # this launcher restarts dead driving servers: wait for them
         client_config = shard_dir / "bridge_client.json"
         atomic_write_json(client_config, cfg, indent=2)
         cmd = [python or sys.executable, "-m", "carla_eval.bridge.server", "--listen", address, "--agent",
@@ -143,11 +144,17 @@ def wait_for_bridge(address: str, timeout: float, proc: subprocess.Popen | None 
             raise UserError(f"the bridge driving server exited with code {proc.returncode} while "
                             f"starting{see}")
         try:
-            return ping(address, timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+            reply = ping(address, timeout=min(5.0, max(0.1, deadline - time.monotonic())))
         except (P.PeerGone, P.BridgeTimeout, OSError) as e:  # not up yet
             last = str(e)
         except P.BridgeError as e:  # it answered, but refused (version mismatch) or is not a bridge server
             raise UserError(f"the bridge driving server at {address} is not usable: {e}{see}") from None
+        else:
+            pid = (reply.get("peer") or {}).get("pid")
+            if proc is None or pid == proc.pid:
+                return reply
+            raise UserError(f"another driving server (pid {pid}) already answers at {address}; stop it (left "
+                            f"from an earlier run?) or use another --out{see}")
         if time.monotonic() >= deadline:
             raise UserError(f"no bridge driving server answered at {address} within {timeout:g} s "
                             f"({last}){see}")

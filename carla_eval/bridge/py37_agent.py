@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -56,6 +57,20 @@ except ImportError:
 
 def get_entry_point():
     return "BridgeAgent"
+
+
+def _connect_retrying(address, timeout, window):
+    """Connect, retrying a refused connection for `window` s (a driving server being restarted by the
+    launcher takes a moment); with no server at all this still fails after `window` s."""
+    deadline = time.monotonic() + timeout
+    retry_until = time.monotonic() + min(timeout, window)
+    while True:
+        try:
+            return P.connect(address, max(0.1, deadline - time.monotonic()))
+        except P.PeerGone:
+            if time.monotonic() + 0.2 >= retry_until:
+                raise
+            time.sleep(0.2)
 
 
 class BridgeAgentError(_AgentErrorBase, P.BridgeError):
@@ -106,7 +121,8 @@ def read_client_config(path):
     if not cfg["address"]:
         raise BridgeAgentError("bridge config {!r} has no 'address'; {}".format(path, hint))
     for key, val in cfg.items():
-        if key.endswith("_timeout") and not (isinstance(val, (int, float)) and val > 0):
+        if (key.endswith("_timeout") or key == "reconnect_window") and not (
+                isinstance(val, (int, float)) and val > 0):
             raise BridgeAgentError("bridge config {!r}: {} must be a positive number of seconds"
                                    .format(path, key))
     if not isinstance(cfg["resize_threads"], int) or cfg["resize_threads"] < 1:
@@ -250,14 +266,15 @@ class BridgeAgent(_Base):
         self.config = read_client_config(path_to_conf_file)
         address = self.config["address"]
         try:
-            self._sock = P.connect(address, self.config["connect_timeout"])
+            self._sock = _connect_retrying(address, self.config["connect_timeout"],
+                                           self.config["reconnect_window"])
             hello = {"op": "hello", "protocol": P.PROTOCOL_VERSION, "project_version": P.PROJECT_VERSION,
                      "peer": {"python": sys.version.split()[0], "numpy": np.__version__, "pid": os.getpid(),
                               "carla": getattr(carla, "__file__", None) if carla is not None else None}}
             reply = self._request(hello, self.config["connect_timeout"])
         except P.BridgeError as e:
             self._fail("driving server at {} not reachable: {}. Start it with `python -m "
-                       "carla_eval.bridge.server --listen {} --agent agent/vad_agent.py` "
+                       "carla_eval.bridge.server --listen {} --agent AGENT` "
                        "(carla_eval/run_evaluation.sh --carla-version "
                        "0.9.10.1 does this); see docs/bridge.md".format(address, e, address))
         if "protocol" not in reply or "project_version" not in reply:
