@@ -24,7 +24,8 @@ from vlmad.errors import UserError, cli_main
 FLAGS = {"config": "model", "dataroot": "dataroot", "version": "version", "out": "out",
          "features": "features", "max_steps": "max_steps", "epochs": "epochs", "batch_size": "batch_size",
          "grad_accum": "grad_accum",
-         "num_workers": "num_workers", "max_minutes": "max_minutes", "device": "device", "seed": "seed"}
+         "num_workers": "num_workers", "max_minutes": "max_minutes", "device": "device", "seed": "seed",
+         "backbone_weights": "backbone_weights"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="stop, checkpoint and export after this wall time")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto")
     p.add_argument("--seed", type=int, help="seed of init, data order and dropout (default 0)")
+    p.add_argument("--backbone-weights", metavar="PTH",
+                   help="torchvision ResNet-50 ImageNet weights (.pth) for the image backbone, loaded before "
+                        "step 0 (VAD starts from them); default: random init")
     p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. --model-set dropout=0.0 (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -178,3 +178,27 @@ def test_time_limit_stops_checkpoints_and_exports(tmp_path, root):
     assert summary["stopped_early"] == "max_minutes"
     assert summary["steps"] == 1 and summary["total_steps"] == 50
     assert ck.find_latest(run).name == "step_00000001" and (run / "driving" / "meta.json").is_file()
+
+
+def test_backbone_weights_initialise_the_image_backbone(tmp_path, root):
+    """--backbone-weights loads a torchvision-format state dict before step 0 (frozen stem stays equal)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from models.backbone import ResNet
+
+    mcfg = resolve_model_config(TrainConfig(model="vad_nano"))[0]
+    ref = ResNet(mcfg.backbone_width, mcfg.backbone_blocks, out_indices=(3,), frozen_stages=1)
+    state = dict(ref.state_dict())
+    state["conv1.weight"] = torch.randn_like(state["conv1.weight"]) * 0.05  # recognisable stem values
+    pth = tmp_path / "resnet.pth"
+    torch.save(state, pth)
+    cfg = resolve_config(args(root, tmp_path / "run", "--max-steps", "1", "--backbone-weights", str(pth)))
+    train(cfg)
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
+    weights = load_file(str(ckpt / "model.safetensors"))
+    got = weights["driver.img_backbone.conv1.weight"]
+    assert torch.equal(got, state["conv1.weight"])  # the stem is frozen: exactly the loaded values
+    with pytest.raises(UserError):
+        train(resolve_config(args(root, tmp_path / "run2", "--max-steps", "1",
+                                  "--backbone-weights", str(tmp_path / "missing.pth"))))

@@ -32,6 +32,8 @@ class TrainConfig:
     # them on to exercise every code path, or vad_base_carla) trains as its nuScenes counterpart. The model
     # config saved in every checkpoint records what was actually built.
     drop_carla_inputs: bool = True
+    backbone_weights: str | None = None  # torchvision-format ResNet-50 ImageNet .pth loaded into the image
+    # backbone (and the CARLA variant's traffic-light backbone) before step 0; None = random init
     vlm_ad: VLMADConfig = field(default_factory=lambda: VLMADConfig(enabled=False))  # VLM-AD heads + loss
     features: str | None = None  # feature store (.safetensors, teacher.feature_store) with the VLM targets
     min_feature_coverage: float = 0.0  # fraction of training samples the store must cover (0% always fails)

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.backbone import load_backbone_weights
 from models.configs import build_config, get_config
 from models.export import export_driving_checkpoint, load_train_checkpoint, save_train_checkpoint
 from models.train_model import TrainModel
@@ -206,7 +207,10 @@ class _Trainer:
 
         # ---- model, optimiser, schedule ---------------------------------------------------------------
         _seed_all(cfg.seed)  # identical initial weights on every rank
-        self.model = TrainModel(VAD(self.model_cfg), vlm_cfg, text_dim).to(d.device)
+        driver = VAD(self.model_cfg)
+        if cfg.backbone_weights and self.resume_from is None:  # a resume restores the trained weights
+            self._load_backbone_weights(driver, cfg.backbone_weights)
+        self.model = TrainModel(driver, vlm_cfg, text_dim).to(d.device)
         self.opt = torch.optim.AdamW(self.model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = self.total_steps
@@ -223,6 +227,17 @@ class _Trainer:
         self.bf16 = cfg.precision == "bf16" and d.device.type == "cuda"
 
     # ------------------------------------------------------------------------------------------------
+    def _load_backbone_weights(self, driver: VAD, path: str) -> None:
+        """ImageNet init of every ResNet of the driver from a torchvision-format state dict (VAD's recipe)."""
+        targets = {"img_backbone": driver.img_backbone}
+        tl = getattr(driver, "tl_branch", None)
+        if tl is not None:
+            targets["tl_branch.tl_backbone"] = tl.tl_backbone
+        for name, module in targets.items():
+            report = load_backbone_weights(module, path)
+            self.log(f"{name}: loaded {path} ({len(report['missing'])} missing, "
+                     f"{len(report['unexpected'])} unexpected keys)")
+
     def _load(self, folder: Path) -> None:
         """Restore model, optimiser, scheduler, RNG and position from a training checkpoint."""
         c = load_train_checkpoint(folder, device=self.d.device)
