@@ -97,10 +97,7 @@ def _bench_trainer(tmp: Path, vlm: bool, steps: int, workers: int, threads: int)
                                   image_size=(400, 225), seed=0)
     infos = build_or_load_infos(root, "v1.0-mini", progress=False)
     toks = [r["token"] for r in infos]
-    g = np.random.default_rng(0)
-    feats = FeatureStore.save(root / "f.safetensors", toks, g.normal(size=(len(toks), 3, 384)),
-                              np.ones((len(toks), 3), bool), g.integers(0, 4, (len(toks), 3)),
-                              {"encoder": "random"})
+    feats = FeatureStore.random(root / "f.safetensors", toks, dim=384)
     over = {"dataroot": str(root), "version": "v1.0-mini", "out": str(tmp / "run"), "max_steps": steps,
             "num_workers": workers, "device": "cpu", "progress": False, "tensorboard": False,
             "features": str(feats), "ckpt_every": 10**6}

@@ -88,6 +88,15 @@ class FeatureStore:
         atomic_write_bytes(path, data)
         return path
 
+    @staticmethod
+    def random(path: str | Path, tokens: Sequence[str], dim: int, seed: int = 0) -> Path:
+        """A store of random targets for `tokens` (every slot valid): for benchmarks and tests of the
+        training plumbing only, labelled as such; it carries no teacher knowledge."""
+        g = np.random.default_rng(seed)
+        n = len(tokens)
+        return FeatureStore.save(path, tokens, g.normal(size=(n, 3, dim)), np.ones((n, 3), bool),
+                                 g.integers(0, 4, (n, 3)), {"encoder": "random (not a text encoder)"})
+
     @classmethod
     def load(cls, path: str | Path) -> FeatureStore:
         """Read a store; a missing, truncated or inconsistent file is a `UserError` naming it."""

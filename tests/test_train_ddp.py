@@ -49,10 +49,7 @@ def test_two_process_ddp_matches_one_process_with_accumulation(tmp_path):
                                   image_size=(160, 90), seed=2)
     infos = build_or_load_infos(root, "v1.0-mini", progress=False)
     tokens = [r["token"] for r in infos]
-    g = np.random.default_rng(0)
-    feats = FeatureStore.save(root / "f.safetensors", tokens, g.normal(size=(len(tokens), 3, 16)),
-                              np.ones((len(tokens), 3), bool), g.integers(0, 4, (len(tokens), 3)),
-                              {"encoder": "random-test"})
+    feats = FeatureStore.random(root / "f.safetensors", tokens, dim=16)
 
     single = tmp_path / "single"
     cfg = resolve_config(build_parser().parse_args(common_args(root, feats, single) + ["--grad-accum", "2"]))
