@@ -15,13 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vlmad.errors import UserError
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm with fixed statistics and affine parameters (buffers named as torchvision's BN)."""
+    """BatchNorm with fixed statistics and affine parameters (buffers named as torchvision's BN).
+
+    Standalone its forward is `F.batch_norm(training=False)` (one fused kernel); inside the ResNet it is
+    folded into the preceding convolution (`conv_bn`), which removes the BatchNorm passes entirely."""
 
     def __init__(self, num_features: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -32,9 +36,32 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # mixed precision (bf16 / fp16 activations, fp32 statistics) is supported by F.batch_norm
+        return F.batch_norm(
+            x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+        )
+
+    def scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift) (C,) with bn(x) = x * scale + shift."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+        return scale, self.bias - self.running_mean * scale
+
+
+def conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)) as one convolution: the frozen BatchNorm folded into the conv weight and a bias.
+
+    The same function (and gradient for the conv weight) as conv then BN, one pass over the activations
+    fewer; the fold costs a multiply over the weights only."""
+    scale, shift = bn.scale_shift()
+    w = conv.weight * scale.view(-1, 1, 1, 1).to(conv.weight.dtype)
+    return F.conv2d(x, w, shift.to(w.dtype), conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class _ConvBN(nn.Sequential):
+    """`downsample` = Sequential(conv, bn) (torchvision names `.0` / `.1`), run folded."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return conv_bn(self[0], self[1], x)
 
 
 class Bottleneck(nn.Module):
@@ -57,9 +84,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        out = self.relu(conv_bn(self.conv1, self.bn1, x))
+        out = self.relu(conv_bn(self.conv2, self.bn2, out))
+        out = conv_bn(self.conv3, self.bn3, out)
         return self.relu(out + identity)
 
 
@@ -87,7 +114,7 @@ class ResNet(nn.Module):
         for i, n in enumerate(blocks):
             planes = width * 2**i
             stride = 1 if i == 0 else 2
-            down = nn.Sequential(
+            down = _ConvBN(
                 nn.Conv2d(inplanes, planes * 4, 1, stride=stride, bias=False), FrozenBatchNorm2d(planes * 4)
             )
             layers = [Bottleneck(inplanes, planes, stride, down)]
@@ -110,7 +137,7 @@ class ResNet(nn.Module):
                 p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x)))
         outs = []
         last = max(self.out_indices)
         for i in range(last + 1):

@@ -1,17 +1,26 @@
 """BEVFormer-style BEV encoder: temporal self-attention + spatial cross-attention, in plain PyTorch.
 
-BEV grid convention (ours, used by every head): a (H, W) = (bev_h, bev_w) grid flattened row-major to
-H * W queries; the W axis runs along ego x (forward, [x_min, x_max]) and the H axis along ego y (left,
-[y_min, y_max]). A normalised BEV location (u, v) in [0, 1]^2 is therefore ((x - x_min) / (x_max - x_min),
-(y - y_min) / (y_max - y_min)), which is exactly grid_sample's (x along W, y along H) convention.
+BEV grid convention (VAD's, used by every head): the grid lives in the *BEV frame*, which for VAD is the
+nuScenes LIDAR_TOP frame (x right, y forward, z up, origin at the lidar; docs/coordinate_systems.md); the
+model maps it to the ego frame with `ego_from_bev`. A (H, W) = (bev_h, bev_w) grid is flattened row-major
+to H * W queries: the W axis (column) runs along BEV x over [x_min, x_max], the H axis (row) along BEV y
+over [y_min, y_max]. A normalised BEV location (u, v) in [0, 1]^2 is ((x - x_min) / (x_max - x_min),
+(y - y_min) / (y_max - y_min)), which is exactly grid_sample's (x along W, y along H) convention and
+the official checkpoints' layout, so their BEV embedding, positional tables and heads load unchanged.
 
-Temporal alignment: instead of BEVFormer's can-bus shift of reference points plus image rotation, the
-previous BEV is resampled in one `grid_sample` at the positions where the current cells were in the
-previous ego frame (`prev_from_cur = inverse(cur_from_prev)`): shift and rotation together, exact for
-any ego motion, zeros where the previous grid did not reach.
+Temporal alignment, `bev_align` (models.vad.VADConfig):
+- "official" (VAD / BEVFormer): the previous BEV is rotated by the yaw change with a nearest-neighbour
+  image rotation about pixel (100, 100) (torchvision `rotate` with VAD's default `rotate_center`: the grid
+  centre for Base, the far corner of Tiny's 100x100 grid), and the reference points of both BEVs in the
+  temporal attention are shifted by the ego translation in grid units (`official_shift`);
+- "exact": the previous BEV is resampled in one bilinear `grid_sample` at the positions where the
+  current cells were in the previous BEV frame (`align_prev_bev`): shift and rotation together, exact
+  for any ego motion, zeros where the previous grid did not reach. Not what the released weights saw.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +67,68 @@ def align_prev_bev(
     return out.flatten(2).transpose(1, 2).to(prev_bev.dtype)
 
 
+# VAD's VADPerceptionTransformer `rotate_center` default (pixels, (x = column, y = row)); both presets keep it
+OFFICIAL_ROTATE_CENTER = (100.0, 100.0)
+
+
+def rotate_prev_bev_official(
+    prev_bev: torch.Tensor,
+    angle_deg: torch.Tensor,
+    bev_h: int,
+    bev_w: int,
+    center: tuple[float, float] = OFFICIAL_ROTATE_CENTER,
+) -> torch.Tensor:
+    """VAD's history rotation: previous BEV (B, H*W, C) rotated by `angle_deg` (B,) degrees.
+
+    Reproduces torchvision's `rotate(img, angle, center=center)` on the (C, H, W) image as VAD calls it:
+    nearest neighbour, zero fill, the inverse affine matrix built in float64 and applied in the image's
+    dtype with `align_corners=False` sampling (torchvision's `_gen_affine_grid`). Positive angles rotate
+    counter-clockwise in image coordinates (x = column, y = row)."""
+    b, hw, c = prev_bev.shape
+    dev = prev_bev.device
+    cx, cy = center[0] - bev_w * 0.5, center[1] - bev_h * 0.5  # torchvision: relative to the image centre
+    thetas = []
+    for a in angle_deg.detach().double().cpu().tolist():
+        rot = math.radians(-a)  # torchvision's rotate passes -angle to the inverse affine matrix
+        m = [math.cos(rot), math.sin(rot), 0.0, -math.sin(rot), math.cos(rot), 0.0]
+        m[2] += m[0] * (-cx) + m[1] * (-cy) + cx
+        m[5] += m[3] * (-cx) + m[4] * (-cy) + cy
+        thetas.append(m)
+    with torch.autocast(dev.type, enabled=False):
+        img = prev_bev.float().transpose(1, 2).reshape(b, c, bev_h, bev_w)
+        theta = torch.tensor(thetas, dtype=img.dtype, device=dev).view(b, 2, 3)
+        base = torch.empty(1, bev_h, bev_w, 3, dtype=img.dtype, device=dev)
+        base[..., 0].copy_(torch.linspace(-bev_w * 0.5 + 0.5, bev_w * 0.5 - 0.5, bev_w, device=dev))
+        base[..., 1].copy_(torch.linspace(-bev_h * 0.5 + 0.5, bev_h * 0.5 - 0.5, bev_h, device=dev)[:, None])
+        base[..., 2].fill_(1)
+        scale = torch.tensor([0.5 * bev_w, 0.5 * bev_h], dtype=img.dtype, device=dev)
+        grid = base.view(1, -1, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)
+        out = F.grid_sample(
+            img, grid.view(b, bev_h, bev_w, 2), mode="nearest", padding_mode="zeros", align_corners=False
+        )
+    return out.flatten(2).transpose(1, 2).to(prev_bev.dtype)
+
+
+def official_shift(
+    disp_bev: torch.Tensor, pc_range: tuple[float, ...]
+) -> torch.Tensor:
+    """VAD's reference-point shift (B, 2) for the temporal attention: the ego translation since the previous
+    frame (B, 2), metres in BEV axes (x, y), in normalised grid units. VAD computes the same quantity from
+    the CAN bus (global translation delta rotated by the current yaw, divided by grid size x cells)."""
+    x0, y0, _, x1, y1, _ = pc_range
+    return disp_bev / torch.tensor([x1 - x0, y1 - y0], dtype=disp_bev.dtype, device=disp_bev.device)
+
+
 def pillar_points(
     bev_h: int, bev_w: int, pc_range: tuple[float, ...], num_heights: int, device: torch.device | None = None
 ) -> torch.Tensor:
-    """3-D points of the BEV pillars: (H*W, D, 3) metric, D heights evenly inside [z_min, z_max]."""
+    """3-D points of the BEV pillars: (H*W, D, 3) metric in the BEV frame.
+
+    Heights as BEVFormer: `linspace(0.5, Z - 0.5, D)` metres above z_min with Z = z_max - z_min (VAD: Z = 4,
+    D = 4 -> z = -1.5, -0.5, 0.5, 1.5 m around the lidar)."""
     _, metric = bev_cell_centres(bev_h, bev_w, pc_range, device)
     z0, z1 = pc_range[2], pc_range[5]
-    zs = z0 + (torch.arange(num_heights, device=device, dtype=torch.float32) + 0.5) / num_heights * (z1 - z0)
+    zs = z0 + torch.linspace(0.5, (z1 - z0) - 0.5, num_heights, device=device, dtype=torch.float32)
     xy = metric[:, None, :].expand(-1, num_heights, 2)
     return torch.cat([xy, zs[None, :, None].expand(metric.shape[0], -1, 1)], -1)
 
@@ -74,7 +138,8 @@ def project_pillars(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Project pillar points (N, D, 3) into every camera.
 
-    img_from_ego: (B, Ncam, 4, 4) for the resized/padded images of size img_hw = (H, W).
+    img_from_ego: (B, Ncam, 4, 4) projection of the points' frame (the model passes `img_from_bev`) for
+    the resized/padded images of size img_hw = (H, W) (VAD normalises by the padded `img_shape`).
     Returns normalised image coordinates (B, Ncam, N, D, 2) and visibility (B, Ncam, N, D) bool
     (in front of the camera and inside the padded image).
     """
@@ -113,7 +178,8 @@ class TemporalSelfAttention(MSDeformAttn):
         bev_shape: tuple[int, int],
     ) -> torch.Tensor:
         """query (B, HW, C) current layer input; bev_query (B, HW, C) the encoder's initial queries;
-        prev_bev (B, HW, C) already aligned; prev_valid (B,) bool; ref_2d (HW, 2) normalised."""
+        prev_bev (B, HW, C) already aligned; prev_valid (B,) bool; ref_2d (HW, 2) or (B, HW, 2)
+        normalised, shared by both queue entries (VAD shifts both: its `shift_ref_2d = ref_2d` aliasing)."""
         if prev_bev is None or prev_valid is None:
             prev, cur = query, query
         else:
@@ -122,7 +188,7 @@ class TemporalSelfAttention(MSDeformAttn):
             cur = torch.where(keep, bev_query, query)
         value = torch.stack([prev, cur], 1)  # (B, 2, HW, C)
         q = torch.cat([prev, query + query_pos], -1)
-        ref = ref_2d[None, :, None, :].expand(query.shape[0], -1, 1, 2)
+        ref = (ref_2d if ref_2d.dim() == 3 else ref_2d[None]).unsqueeze(2).expand(query.shape[0], -1, 1, 2)
         return query + self.dropout(super().forward(q, value, ref, [bev_shape]))
 
 
@@ -135,7 +201,8 @@ class SpatialCrossAttention(nn.Module):
     feature maps of a level are stacked vertically with one zero row between cameras; a sample then
     reads exactly what it would read from its own camera with zero padding (the zero row covers the
     bilinear footprint across an edge; samples entirely above or below their camera get weight 0).
-    Outputs are summed per query and divided by the number of cameras that see it."""
+    Outputs are summed per query and divided by the number of cameras that see it. As in VAD, the BEV
+    queries enter without the BEV positional encoding (its BEVFormerLayer passes `query_pos=None` here)."""
 
     def __init__(
         self,
@@ -158,7 +225,6 @@ class SpatialCrossAttention(nn.Module):
     def forward(
         self,
         query: torch.Tensor,
-        query_pos: torch.Tensor,
         value: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
         packed: dict[str, torch.Tensor],
@@ -167,7 +233,7 @@ class SpatialCrossAttention(nn.Module):
         b, hw, c = query.shape
         da = self.deformable_attention
         qidx, cam, slot_valid, ref = packed["query"], packed["camera"], packed["slot_valid"], packed["ref"]
-        q = (query + query_pos).gather(1, qidx[..., None].expand(-1, -1, c))  # (B, N, C)
+        q = query.gather(1, qidx[..., None].expand(-1, -1, c))  # (B, N, C)
         loc, attn = da.sampling(q, ref, spatial_shapes)  # (B, N, heads, 1, L, P, 2), (B, N, heads, 1, L, P)
         loc, attn = loc[:, :, :, 0], attn[:, :, :, 0]
         ncam = value.shape[0] // b
@@ -262,15 +328,16 @@ class BEVFormerLayer(nn.Module):
         x = self.norms[0](
             self.attentions[0](query, query_pos, bev_query, prev_bev, prev_valid, ref_2d, bev_shape)
         )
-        x = self.norms[1](self.attentions[1](x, query_pos, value, spatial_shapes, packed))
+        x = self.norms[1](self.attentions[1](x, value, spatial_shapes, packed))
         return self.norms[2](self.ffns[0](x))
 
 
 class BEVFormerEncoder(nn.Module):
     """A stack of BEVFormer layers over one frame.
 
-    forward(bev_query (B, HW, C), bev_pos (HW, C), value (B*Ncam, S, C), spatial_shapes, img_from_ego
-    (B, Ncam, 4, 4), img_hw, prev_bev (B, HW, C) aligned or None, prev_valid (B,)) -> (B, HW, C).
+    forward(bev_query (B, HW, C), bev_pos (HW, C), value (B*Ncam, S, C), spatial_shapes, img_from_bev
+    (B, Ncam, 4, 4), img_hw, prev_bev (B, HW, C) aligned or None, prev_valid (B,), shift (B, 2) or None:
+    VAD's reference-point shift of the temporal attention) -> (B, HW, C).
     """
 
     def __init__(
@@ -302,15 +369,18 @@ class BEVFormerEncoder(nn.Module):
         bev_pos: torch.Tensor,
         value: torch.Tensor,
         spatial_shapes: list[tuple[int, int]],
-        img_from_ego: torch.Tensor,
+        img_from_bev: torch.Tensor,
         img_hw: tuple[int, int],
         prev_bev: torch.Tensor | None,
         prev_valid: torch.Tensor | None,
+        shift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         dev = bev_query.device
         ref_2d, _ = bev_cell_centres(self.bev_h, self.bev_w, self.pc_range, dev)
+        if shift is not None:
+            ref_2d = ref_2d[None] + shift[:, None, :].to(ref_2d.dtype)  # (B, HW, 2)
         pts = pillar_points(self.bev_h, self.bev_w, self.pc_range, self.num_heights, dev)
-        ref_cam, mask = project_pillars(pts, img_from_ego, img_hw)
+        ref_cam, mask = project_pillars(pts, img_from_bev, img_hw)
         packed = pack_visible(ref_cam, mask)
         pos = bev_pos[None].to(bev_query.dtype)
         x = bev_query

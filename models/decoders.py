@@ -5,8 +5,12 @@ each layer self-attends, samples the BEV with deformable attention around its re
 layer's regression branch moves the reference (detached) for the next layer. Every layer's outputs are
 kept for the auxiliary losses.
 
-Agent box code (10 values, VAD's layout): [x, y, log l, log w, z, log h, sin yaw, cos yaw, vx, vy],
-metric, ego frame (x forward, y left). Map points: (x, y) metric, ego frame.
+Frames: the decoders work in the BEV frame (LIDAR_TOP axes for VAD). Their box code is VAD's,
+[cx, cy, log w, log l, cz, log h, sin r, cos r, vx, vy] with metric BEV-frame centres and mmdet3d's
+(pre-1.0) LiDAR yaw r = -heading - pi/2 (heading counter-clockwise from BEV x); map points come out
+normalised to the grid. `code_bev_to_ego` / `points_bev_to_ego` / `vectors_bev_to_ego` give the ego-frame
+outputs of the model: box code [x, y, log l, log w, z, log h, sin yaw, cos yaw, vx, vy] (x forward,
+y left, yaw counter-clockwise from ego x), points and offsets in metres.
 """
 
 from __future__ import annotations
@@ -79,11 +83,46 @@ def decode_boxes(reg: torch.Tensor, ref: torch.Tensor, pc_range: tuple[float, ..
     return torch.cat([x, y, reg[..., 2:4], z, reg[..., 5:10]], -1)
 
 
-def decode_map_points(reg: torch.Tensor, ref: torch.Tensor, pc_range: tuple[float, ...]) -> torch.Tensor:
-    """Map regression (B, V*P, 2) + reference (B, V*P, 2) -> metric points (B, V*P, 2), fp32."""
-    x0, y0, _, x1, y1, _ = pc_range
-    p = (reg[..., 0:2].float() + inverse_sigmoid(ref.float())).sigmoid()
-    return torch.stack([p[..., 0] * (x1 - x0) + x0, p[..., 1] * (y1 - y0) + y0], -1)
+def normalised_xy(reg: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Regression (B, N, code) + reference (B, N, >= 2) -> normalised BEV (x, y) (B, N, 2) in (0, 1), fp32:
+    VAD's `outputs_coords_bev` (agents) and `map_all_pts_preds` (map points)."""
+    return (reg[..., 0:2].float() + inverse_sigmoid(ref[..., 0:2].float())).sigmoid()
+
+
+def points_bev_to_ego(pts: torch.Tensor, ego_from_bev: torch.Tensor) -> torch.Tensor:
+    """Planar BEV-frame points (B, ..., 2) (z = 0 in the BEV frame) -> ego-frame (x, y) (B, ..., 2), fp32."""
+    e = ego_from_bev.float()
+    shape = pts.shape
+    p = pts.float().reshape(shape[0], -1, 2)
+    out = p @ e[:, :2, :2].transpose(1, 2) + e[:, None, :2, 3]
+    return out.view(shape)
+
+
+def vectors_bev_to_ego(vec: torch.Tensor, ego_from_bev: torch.Tensor) -> torch.Tensor:
+    """Planar BEV-frame displacements (B, ..., 2) -> ego axes (rotation only), in vec's dtype."""
+    shape = vec.shape
+    r = ego_from_bev[:, :2, :2].to(vec.dtype)
+    return (vec.reshape(shape[0], -1, 2) @ r.transpose(1, 2)).view(shape)
+
+
+def code_bev_to_ego(code: torch.Tensor, ego_from_bev: torch.Tensor) -> torch.Tensor:
+    """VAD box code in the BEV frame (B, Q, 10) -> this project's ego-frame code (B, Q, 10), fp32.
+
+    Centre: the full rigid transform; (log w, log l) -> (log l, log w); VAD's yaw r = -heading - pi/2, so
+    (cos heading, sin heading) = (-sin r, -cos r), rotated into the ego frame (the regressed pair is not
+    unit length: the map is linear, atan2 stays consistent); velocity rotated."""
+    code = code.float()
+    e = ego_from_bev.float()
+    b, q, _ = code.shape
+    ctr = code[..., [0, 1, 4]] @ e[:, :3, :3].transpose(1, 2) + e[:, None, :3, 3]
+    heading_bev = torch.stack([-code[..., 6], -code[..., 7]], -1)  # (cos, sin) of the BEV-frame heading
+    r = e[:, :2, :2]
+    cs = heading_bev @ r.transpose(1, 2)
+    vel = code[..., 8:10] @ r.transpose(1, 2)
+    return torch.cat(
+        [ctr[..., 0:2], code[..., 3:4], code[..., 2:3], ctr[..., 2:3], code[..., 5:6], cs[..., 1:2],
+         cs[..., 0:1], vel], -1
+    )
 
 
 def box_code_to_boxes(code: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def make_dummy_batch(
     rng = np.random.default_rng(seed)
     b, tq = batch_size, queue_length or cfg.queue_length
     h, w = cfg.img_hw
-    x0, y0, _, x1, y1, _ = cfg.pc_range
+    x0, y0, x1, y1 = cfg.ego_range  # targets live in the ego frame
     img = torch.randn(b, tq, cfg.num_cams, 3, h, w, generator=g)
     img_from_ego = dummy_img_from_ego(cfg)[None, None].expand(b, tq, -1, -1, -1).clone()
 
@@ -133,6 +133,7 @@ FEATURE_KEYS = (
     "command",
     "ego_his",
     "goal_point",
+    "ego_from_bev",
 )
 
 

@@ -1,6 +1,7 @@
 """Feature pyramid (mmdet FPN as configured by VAD): 256 channels, extra levels by strided 3x3 convs.
 
-VAD-Base: ResNet C3-C5 -> 4 levels (`add_extra_convs="on_output"`, ReLU before the extra conv).
+VAD-Base: ResNet C3-C5 -> 4 levels (`add_extra_convs="on_output"`, `relu_before_extra_convs=True`: as in
+mmdet, the first extra conv reads the last output directly and only later extra convs get a ReLU first).
 VAD-Tiny: C5 only -> 1 level. Parameter names follow mmdet (`lateral_convs.i.conv`, `fpn_convs.i.conv`)
 so the official checkpoints map one to one.
 """
@@ -48,6 +49,7 @@ class FPN(nn.Module):
         for i in range(len(lat) - 1, 0, -1):  # top-down pathway
             lat[i - 1] = lat[i - 1] + F.interpolate(lat[i], size=lat[i - 1].shape[-2:], mode="nearest")
         outs = [self.fpn_convs[i](lat[i]) for i in range(self.num_ins)]
-        for conv in self.fpn_convs[self.num_ins :]:  # extra levels on the last output, ReLU first
-            outs.append(conv(F.relu(outs[-1])))
+        for i, conv in enumerate(self.fpn_convs[self.num_ins :]):  # extra levels on the last output
+            # mmdet FPN: no ReLU before the first extra conv, a ReLU before each later one
+            outs.append(conv(outs[-1] if i == 0 else F.relu(outs[-1])))
         return outs

@@ -215,6 +215,10 @@ def vad_losses(cfg: VADConfig, outputs: dict, batch: dict) -> dict[str, torch.Te
     agents: list of dicts (boxes (N, 7), labels (N,), velocity (N, 2), fut (N, T, 2), fut_mask (N, T)),
     map: list of dicts (cls (K,), pts (K, P, 2)); optional tl_label (B,) long (-1 = unknown)."""
     dev = outputs["plan_offsets"].device
+    # map points are ego-frame metres here: normalise by the grid's extent along the ego axes (VAD
+    # normalises its lidar-frame points by the grid extent, the same scale)
+    ex0, ey0, ex1, ey1 = cfg.ego_range
+    ego_pc = (ex0, ey0, 0.0, ex1, ey1, 0.0)
     agents = [agent_targets(a, dev) for a in batch["agents"]]
     maps = [map_targets(m, dev, cfg.map_num_pts) for m in batch["map"]]
     gt_codes = [boxes_to_code(a["boxes"], a["velocity"]) for a in agents]
@@ -232,15 +236,15 @@ def vad_losses(cfg: VADConfig, outputs: dict, batch: dict) -> dict[str, torch.Te
         m = [
             match_map(
                 logits[i],
-                normalize_pts(pts[i], cfg.pc_range),
+                normalize_pts(pts[i], ego_pc),
                 t["cls"],
-                normalize_pts(t["pts"], cfg.pc_range),
+                normalize_pts(t["pts"], ego_pc),
                 cfg.w_map_cls,
                 cfg.w_map_pts,
             )
             for i, t in enumerate(maps)
         ]
-        return map_loss(logits, pts, m, maps, cfg.pc_range)
+        return map_loss(logits, pts, m, maps, ego_pc)
 
     cls, reg, matches = det_terms(outputs["det_logits"], outputs["det_code"])
     out["det_cls"], out["det_reg"] = cfg.w_det_cls * cls, cfg.w_det_reg * reg

@@ -1,16 +1,23 @@
 """Motion prediction and planning heads of VAD, plus the CARLA variant's goal / traffic-light inputs.
 
+Positions fed to every positional MLP are VAD's: normalised BEV coordinates in [0, 1]^2 (grid corner
+(x_min, y_min) at (0, 0); models/bev_encoder.py), never metres.
+
 Motion: every agent query gets `fut_mode` learnable mode queries; agent-agent self-attention
-(`motion_decoder`), then each (agent, mode) query attends to its nearest predicted lane
-(`motion_map_decoder`, lane features from the shared LaneNet polyline encoder); trajectories are per-step
-offsets (cumulated to positions relative to the agent's centre) plus a mode score.
+(`motion_decoder`, positions = the agents' normalised centres), then each (agent, mode) query attends to
+the lanes (`motion_map_decoder`, lane features from the shared LaneNet polyline encoder). As VAD
+(`select_and_pad_pred_map`): a lane's position is its point nearest the normalised origin (the grid
+corner, not the agent); only lanes with a class score above `map_thresh` whose position lies within
+`dis_thresh` (normalised distance) of the agent are attended, at their agent-relative position; one pad
+key (zero feature, position (1, 1), never masked) is always appended. Trajectories are per-step offsets in
+the BEV frame plus a mode score.
 
 Planning: one learnable ego query (+ optional ego-history embedding, + CARLA goal/command and traffic-
 light features) attends to the agents' motion features (`ego_agent_decoder`) and then to the lane
 features (`ego_map_decoder`); f_ego = concat of the two outputs (2C = 512) -> `ego_fut_decoder`
-MLP 512-512-512-(3 modes x 6 steps x 2) offsets. The ego sits at the origin of the ego frame.
-
-Positions fed to the positional MLPs are metric positions divided by the half ranges (x / 30, y / 15).
+MLP 512-512-512-(3 modes x 6 steps x 2) offsets. As VAD's end-to-end configs: the ego's position is the
+normalised origin (0, 0), each lane sits at its point nearest that origin, agents at their centres, keys
+with a score not above `query_thresh` are left out and no pad key is added (`query_use_fix_pad=False`).
 """
 
 from __future__ import annotations
@@ -49,12 +56,57 @@ class LaneNet(nn.Module):
         return x.max(-2)[0]
 
 
-def _pad_key(key: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Append VAD's fixed pad token (zero feature, zero position, never masked) so no row is all-masked."""
-    zk = key.new_zeros(key.shape[:-2] + (1, key.shape[-1]))
-    zp = pos.new_zeros(pos.shape[:-2] + (1, pos.shape[-1]))
-    zm = mask.new_zeros(mask.shape[:-1] + (1,))
-    return torch.cat([key, zk], -2), torch.cat([pos, zp], -2), torch.cat([mask, zm], -1)
+def lane_positions(map_norm: torch.Tensor) -> torch.Tensor:
+    """(B, V, P, 2) normalised lane points -> (B, V, 2): each lane's point nearest the normalised origin
+    (VAD's `min_map_pos`, same distance formula so ties break the same way)."""
+    d = torch.sqrt(map_norm[..., 0] ** 2 + map_norm[..., 1] ** 2)
+    idx = d.argmin(-1)
+    return map_norm.gather(2, idx[..., None, None].expand(-1, -1, 1, 2)).squeeze(2)
+
+
+def _never_all_masked(mask: torch.Tensor) -> torch.Tensor:
+    """Clear rows of a key-padding mask (..., K) that mask every key (VAD would attend to an empty key set
+    and return NaN; this only happens when no query scores above the threshold)."""
+    return mask & ~mask.all(-1, keepdim=True)
+
+
+def lane_cross_attention(
+    layer: nn.Module,
+    query: torch.Tensor,
+    query_pos: torch.Tensor,
+    lanes: torch.Tensor,
+    key_pos_mlp: nn.Linear,
+    rel: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """One InteractionLayer (cross-attention, norm, FFN, norm) of (agent, mode) queries over lane keys
+    whose positional encoding depends on the agent, without materialising per-agent keys.
+
+    query (B, A, M, C); query_pos (C,); lanes (B, K, C) key features (shared by all agents); rel
+    (B, A, K, 2) the keys' positions for each agent (input of `key_pos_mlp`); mask (B, A, K) True = left out.
+    Equals `layer(query, lanes + key_pos_mlp(rel), query_pos, ...)` per agent: the key projection is linear,
+    W_k (lane + W_p rel + b_p) = W_k lane + (W_k W_p) rel + W_k b_p, so the agent-dependent part is a
+    2-vector per key (VAD repeats the lane keys for all 300 x 6 queries instead). Returns (B, A, M, C)."""
+    mha = layer.attentions[0].attn
+    b, a, m, c = query.shape
+    h = mha.num_heads
+    hd = c // h
+    wq, wk, wv = mha.in_proj_weight.chunk(3)
+    bq, bk, bv = mha.in_proj_bias.chunk(3)
+    q = ((query + query_pos) @ wq.T + bq).view(b, a, m, h, hd) * hd**-0.5
+    k_lane = (lanes @ wk.T).view(b, -1, h, hd)  # (B, K, h, hd)
+    w_kp = (wk @ key_pos_mlp.weight).view(h, hd, 2)  # W_k W_p
+    k_bias = (wk @ key_pos_mlp.bias + bk).view(h, hd)
+    scores = torch.einsum("bamhd,bkhd->bamhk", q, k_lane)
+    scores = scores + torch.einsum("bamhe,bake->bamhk", torch.einsum("bamhd,hde->bamhe", q, w_kp), rel)
+    scores = scores + torch.einsum("bamhd,hd->bamh", q, k_bias)[..., None]
+    scores = scores.masked_fill(mask[:, :, None, None, :], float("-inf"))
+    attn = nn.functional.dropout(scores.softmax(-1), mha.dropout, mha.training)
+    v = (lanes @ wv.T + bv).view(b, -1, h, hd)
+    out = mha.out_proj(torch.einsum("bamhk,bkhd->bamhd", attn, v).reshape(b, a, m, c))
+    wrap = layer.attentions[0]
+    x = layer.norms[0](query + wrap.dropout_layer(wrap.proj_drop(out)))
+    return layer.norms[1](layer.ffns[0](x))
 
 
 class MotionHead(nn.Module):
@@ -68,14 +120,13 @@ class MotionHead(nn.Module):
         fut_mode: int,
         fut_ts: int,
         map_thresh: float = 0.5,
-        map_dis_thresh: float = 10.0,
-        map_topk: int = 1,
+        map_dis_thresh: float = 0.2,
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
         c = embed_dims
         self.fut_mode, self.fut_ts = fut_mode, fut_ts
-        self.map_thresh, self.map_dis_thresh, self.map_topk = map_thresh, map_dis_thresh, map_topk
+        self.map_thresh, self.map_dis_thresh = map_thresh, map_dis_thresh
         self.motion_mode_query = nn.Embedding(fut_mode, c)
         self.motion_decoder = InteractionDecoder(c, num_heads, ffn_dims, 1, dropout)
         self.motion_map_decoder = InteractionDecoder(c, num_heads, ffn_dims, 1, dropout)
@@ -87,41 +138,34 @@ class MotionHead(nn.Module):
     def forward(
         self,
         agent_hs: torch.Tensor,
-        agent_xy: torch.Tensor,
+        agent_norm: torch.Tensor,
         lane_feats: torch.Tensor,
-        map_pts: torch.Tensor,
-        map_score: torch.Tensor,
-        pos_scale: torch.Tensor,
+        map_norm: torch.Tensor,
+        map_logits: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """agent_hs (B, A, C); agent_xy (B, A, 2) metric centres; lane_feats (B, V, C); map_pts
-        (B, V, P, 2) metric; map_score (B, V) best class probability; pos_scale (2,) half ranges.
+        """agent_hs (B, A, C); agent_norm (B, A, 2) normalised centres; lane_feats (B, V, C); map_norm
+        (B, V, P, 2) normalised points; map_logits (B, V, 3).
 
-        Returns offsets (B, A, M, T, 2), mode logits (B, A, M), motion features (B, A, M, 2C)."""
+        Returns offsets (B, A, M, T, 2) (BEV frame), mode logits (B, A, M), motion features (B, A, M, 2C)."""
         b, a, c = agent_hs.shape
         m = self.fut_mode
         q = (agent_hs[:, :, None, :] + self.motion_mode_query.weight[None, None]).reshape(b, a * m, c)
-        xy = agent_xy.detach() / pos_scale
-        pos = self.pos_mlp_sa(xy)[:, :, None, :].expand(b, a, m, c).reshape(b, a * m, c)
+        pos = self.pos_mlp_sa(agent_norm.to(q.dtype))[:, :, None, :].expand(b, a, m, c).reshape(b, a * m, c)
         hs = self.motion_decoder(q, q, pos, pos)
 
-        # nearest confident lanes per agent, in agent-centric coordinates
-        rel = map_pts.detach()[:, None] - agent_xy.detach()[:, :, None, None]  # (B, A, V, P, 2)
-        d_pts = rel.norm(dim=-1)
-        dist, near_pt = d_pts.min(-1)  # (B, A, V)
-        bad = (map_score.detach() < self.map_thresh)[:, None, :] | (dist > self.map_dis_thresh)
-        dist = dist.masked_fill(bad, float("inf"))
-        k = min(self.map_topk, dist.shape[-1])
-        top_d, top_v = dist.topk(k, dim=-1, largest=False)  # (B, A, k)
-        key = lane_feats[:, None].expand(b, a, -1, c).gather(2, top_v[..., None].expand(-1, -1, -1, c))
-        near_rel = rel.gather(3, near_pt[..., None, None].expand(-1, -1, -1, 1, 2)).squeeze(3)
-        key_xy = near_rel.gather(2, top_v[..., None].expand(-1, -1, -1, 2)) / pos_scale
-        key, key_xy, mask = _pad_key(key, key_xy, ~torch.isfinite(top_d))
-        kk = key.shape[2]
-        key = key[:, :, None].expand(b, a, m, kk, c).reshape(b * a * m, kk, c)
-        key_pos = self.pos_mlp(key_xy)[:, :, None].expand(b, a, m, kk, c).reshape(b * a * m, kk, c)
-        mask = mask[:, :, None].expand(b, a, m, kk).reshape(b * a * m, kk)
-        qpos = self.pos_mlp(hs.new_zeros(1, 1, 2))
-        ca = self.motion_map_decoder(hs.reshape(b * a * m, 1, c), key, qpos, key_pos, mask)
+        # lanes as keys; their positional encoding depends on the agent (agent-relative positions)
+        lane_xy = lane_positions(map_norm)  # (B, V, 2)
+        rel = lane_xy[:, None] - agent_norm[:, :, None]  # (B, A, V, 2)
+        dist = torch.sqrt(rel[..., 0] ** 2 + rel[..., 1] ** 2)
+        conf = map_logits.sigmoid().max(-1)[0] > self.map_thresh  # (B, V)
+        mask = ~conf[:, None, :] | ~(dist <= self.map_dis_thresh)  # (B, A, V)
+        # VAD's fixed pad key: zero feature at position (1, 1), never masked
+        keys = torch.cat([lane_feats, lane_feats.new_zeros(b, 1, c)], 1)
+        rel = torch.cat([rel, rel.new_ones(b, a, 1, 2)], 2).to(q.dtype)
+        mask = torch.cat([mask, mask.new_zeros(b, a, 1)], 2)
+        qpos = self.pos_mlp(hs.new_zeros(2))
+        (layer,) = self.motion_map_decoder.layers
+        ca = lane_cross_attention(layer, hs.view(b, a, m, c), qpos, keys, self.pos_mlp, rel, mask)
         feats = torch.cat([hs.view(b, a, m, c), ca.view(b, a, m, c)], -1)
         offsets = self.traj_branches[0](feats).view(b, a, m, self.fut_ts, 2)
         logits = self.traj_cls_branches[0](feats).squeeze(-1)
@@ -214,10 +258,10 @@ class PlanningHead(nn.Module):
     def forward(
         self,
         motion_feats: torch.Tensor,
-        agent_xy: torch.Tensor,
+        agent_norm: torch.Tensor,
         agent_score: torch.Tensor,
         lane_feats: torch.Tensor,
-        map_pts: torch.Tensor,
+        map_norm: torch.Tensor,
         map_score: torch.Tensor,
         pos_scale: torch.Tensor,
         ego_his: torch.Tensor | None = None,
@@ -225,9 +269,11 @@ class PlanningHead(nn.Module):
         command: torch.Tensor | None = None,
         extra: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """motion_feats (B, A, M, 2C); agent_xy (B, A, 2); agent_score (B, A); lane_feats (B, V, C);
-        map_pts (B, V, P, 2); map_score (B, V); ego_his (B, H, 2); goal_point (B, 2) metres in the ego
-        frame; command (B,); extra (B, C) features added to the ego query (traffic light)."""
+        """motion_feats (B, A, M, 2C); agent_norm (B, A, 2) normalised centres; agent_score (B, A, 10)
+        detection logits; lane_feats (B, V, C); map_norm (B, V, P, 2) normalised points; map_score (B, V, 3)
+        map logits; pos_scale (2,) ego half extents for the goal point; ego_his (B, H, 2); goal_point (B, 2)
+        metres in the ego frame; command (B,); extra (B, C) features added to the ego query (traffic
+        light). Returns plan offsets (B, modes, T, 2) in the BEV frame and f_ego (B, 2C)."""
         b = motion_feats.shape[0]
         q = self.ego_query.weight[None].expand(b, 1, -1)
         if self.ego_his_encoder is not None:
@@ -242,22 +288,16 @@ class PlanningHead(nn.Module):
         if extra is not None:
             q = q + extra[:, None]
 
-        zero = q.new_zeros(b, 1, 2)
+        zero = q.new_zeros(b, 1, 2)  # VAD: the ego at the normalised origin
         agents = self.agent_fus_mlp(motion_feats.flatten(2))
-        a_pos = agent_xy.detach() / pos_scale
-        a_mask = agent_score.detach() < self.query_thresh
-        agents, a_pos, a_mask = _pad_key(agents, a_pos, a_mask)
+        a_mask = _never_all_masked(~(agent_score.sigmoid().max(-1)[0] > self.query_thresh))
         ego_agent = self.ego_agent_decoder(
-            q, agents, self.ego_agent_pos_mlp(zero), self.ego_agent_pos_mlp(a_pos), a_mask
+            q, agents, self.ego_agent_pos_mlp(zero), self.ego_agent_pos_mlp(agent_norm.to(q.dtype)), a_mask
         )
-        # each lane's position: its point nearest to the ego
-        pts = map_pts.detach()
-        near = pts.norm(dim=-1).argmin(-1)  # (B, V)
-        m_pos = pts.gather(2, near[..., None, None].expand(-1, -1, 1, 2)).squeeze(2) / pos_scale
-        m_mask = map_score.detach() < self.query_thresh
-        lanes, m_pos, m_mask = _pad_key(lane_feats, m_pos, m_mask)
+        m_pos = lane_positions(map_norm)
+        m_mask = _never_all_masked(~(map_score.sigmoid().max(-1)[0] > self.query_thresh))
         ego_map = self.ego_map_decoder(
-            ego_agent, lanes, self.ego_map_pos_mlp(zero), self.ego_map_pos_mlp(m_pos), m_mask
+            ego_agent, lane_feats, self.ego_map_pos_mlp(zero), self.ego_map_pos_mlp(m_pos.to(q.dtype)), m_mask
         )
         f_ego = torch.cat([ego_agent, ego_map], -1).squeeze(1)
         plan = self.ego_fut_decoder(f_ego).view(b, self.ego_modes, self.fut_ts, 2)

@@ -5,7 +5,14 @@
 
 Inputs (the feature part of a batch, docs/data_contract.md): img (B, Tq, Ncam, 3, H, W) normalised as
 `cfg.img_norm` says, img_from_ego (B, Tq, Ncam, 4, 4), can_bus (B, Tq, 18), cur_from_prev (B, Tq, 4, 4),
-prev_valid (B, Tq) bool, command (B,), ego_his (B, 2, 2); CARLA variant also goal_point (B, 2).
+prev_valid (B, Tq) bool, command (B,), ego_his (B, 2, 2); CARLA variant also goal_point (B, 2); optional
+ego_from_bev (B, 4, 4) or (B, Tq, 4, 4): the sample's LIDAR_TOP calibration (`ego_from_lidar`), else the
+config's nominal mounting (`bev_xyz`, `bev_yaw_deg`).
+
+Frames: as VAD, the BEV grid and every head work in the BEV frame = LIDAR_TOP (x right, y forward,
+docs/coordinate_systems.md), so the official checkpoints load with a rename only (models/convert_official.py);
+the public outputs are converted into the ego frame (x forward, y left) at the end of `decode`, and the
+BEV-frame originals are returned too (`*_bev`, `map_pts_norm`).
 With Tq > 1 the earlier frames build the previous BEV without gradient (BEVFormer's history; a given
 `state` then seeds the first frame); with Tq == 1 the `state` argument (explicit, returned by the
 previous call) supplies it. Nothing temporal is
@@ -21,16 +28,30 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from models import losses as L
 from models.backbone import ResNet
-from models.bev_encoder import BEVFormerEncoder, align_prev_bev
-from models.decoders import RefineDecoder, box_code_to_boxes, decode_boxes, decode_map_points
+from models.bev_encoder import BEVFormerEncoder, align_prev_bev, official_shift, rotate_prev_bev_official
+from models.decoders import (
+    RefineDecoder,
+    box_code_to_boxes,
+    code_bev_to_ego,
+    decode_boxes,
+    normalised_xy,
+    points_bev_to_ego,
+    vectors_bev_to_ego,
+)
 from models.fpn import FPN
 from models.layers import LearnedPositionalEncoding, cls_branch, reg_branch
 from models.motion_planning import LaneNet, MotionHead, PlanningHead, TrafficLightBranch
+from vlmad.errors import UserError
+from vlmad.frames import make_transform, rot_z
+from vlmad.rig import NUSCENES_RIG
+
+BEV_ALIGN_MODES = ("official", "exact")
 
 
 @dataclass
@@ -53,10 +74,16 @@ class VADConfig:
     frozen_stages: int = 1  # stem + layer1 frozen (mmdet frozen_stages=1); BatchNorm always frozen
     fpn_levels: int = 4  # FPN outputs (Base 4 with one extra strided level, Tiny 1)
     # ---- BEV ------------------------------------------------------------------------------------------
-    bev_h: int = 200  # BEV cells along ego y (lateral, 30 m)
-    bev_w: int = 200  # BEV cells along ego x (longitudinal, 60 m)
-    pc_range: tuple[float, ...] = (-30.0, -15.0, -0.2, 30.0, 15.0, 3.8)  # x0 y0 z0 x1 y1 z1, ego frame;
-    # z: VAD's lidar-frame [-2, 2] shifted by the nuScenes lidar height (1.84 m); our ego z is 0 on the ground
+    bev_h: int = 200  # BEV rows, along BEV y (LIDAR_TOP forward, 60 m)
+    bev_w: int = 200  # BEV columns, along BEV x (LIDAR_TOP right, 30 m)
+    pc_range: tuple[float, ...] = (-15.0, -30.0, -2.0, 15.0, 30.0, 2.0)  # x0 y0 z0 x1 y1 z1 in the BEV
+    # frame (VAD's point_cloud_range, LIDAR_TOP axes: x right, y forward, z up, origin at the lidar)
+    bev_xyz: tuple[float, ...] = tuple(NUSCENES_RIG.lidar_xyz)  # nominal BEV-frame origin in the ego frame
+    # (the nuScenes LIDAR_TOP mounting, m); a sample's own calibration in inputs["ego_from_bev"] wins
+    bev_yaw_deg: float = NUSCENES_RIG.lidar_yaw_deg  # nominal yaw of the BEV frame's x axis in the ego frame
+    bev_align: str = "official"  # temporal alignment of the previous BEV: "official" (VAD: nearest-neighbour
+    # rotation about pixel (100, 100) + reference-point shift; what the released weights saw) or "exact"
+    # (bilinear resampling through the ego motion; this project's improvement, docs/models.md)
     num_pillar_heights: int = 4  # pillar points per BEV cell for spatial cross-attention
     queue_length: int = 4  # temporal queue Tq used in training (Base 4, Tiny 3); inference uses state
     can_bus_from_motion: bool = True  # overwrite can_bus[0:3] / [17] with the motion since the previous
@@ -78,8 +105,8 @@ class VADConfig:
     fut_mode: int = 6  # motion modes per agent
     fut_ts: int = 6  # future steps (0.5 s) for motion and planning
     motion_map_thresh: float = 0.5  # lanes with a lower class score are not attended by motion queries
-    motion_map_dis_thresh: float = 10.0  # metres; farther lanes are not attended by an agent
-    motion_map_topk: int = 1  # nearest lanes per agent for the motion-map interaction (VAD: the nearest)
+    motion_map_dis_thresh: float = 0.2  # normalised BEV units (VAD's dis_thresh): lanes whose point nearest
+    # the grid corner is farther from the agent are not attended (0.2 = 6 m across, 12 m along the grid)
     # ---- map ------------------------------------------------------------------------------------------
     map_num_vec: int = 100  # map vector queries
     map_num_pts: int = 20  # points per vector
@@ -88,7 +115,8 @@ class VADConfig:
     ego_fut_mode: int = 3  # command modes: 0 right, 1 left, 2 straight (vlmad.commands.Command)
     ego_his_steps: int = 2  # past ego positions in inputs["ego_his"]
     use_ego_his: bool = False  # add an ego-history embedding to the ego query (VAD default: off)
-    plan_query_thresh: float = 0.0  # agents / lanes below this score are masked for the ego query (VAD 0)
+    plan_query_thresh: float = 0.0  # agents / lanes not above this score are left out of the ego query's
+    # attention (VAD's query_thresh 0, no pad key: query_use_fix_pad=False)
     # ---- planning constraints (VAD end-to-end config) -------------------------------------------------
     plan_agent_thresh: float = 0.5  # predicted agents above this score enter the collision loss
     plan_map_thresh: float = 0.5  # predicted map vectors above this score enter boundary / direction losses
@@ -116,6 +144,27 @@ class VADConfig:
     tl_num_classes: int = 4  # traffic-light classes: red, yellow, green, none
     tl_crop: tuple[float, ...] = (0.0, 0.5, 0.25, 0.75)  # top, bottom, left, right (fractions of the image)
     w_tl: float = 1.0  # traffic-light cross-entropy (only when the batch has "tl_label")
+
+    def __post_init__(self) -> None:
+        if self.bev_align not in BEV_ALIGN_MODES:
+            raise UserError(f"bev_align must be one of {list(BEV_ALIGN_MODES)}, got {self.bev_align!r}")
+        if len(self.pc_range) != 6 or len(self.bev_xyz) != 3:
+            raise UserError("pc_range needs 6 values (x0 y0 z0 x1 y1 z1) and bev_xyz 3 (x y z)")
+
+    def nominal_ego_from_bev(self) -> np.ndarray:
+        """4x4 `ego_from_bev` of the nominal mounting (`bev_xyz`, `bev_yaw_deg`), float64."""
+        return make_transform(rot_z(math.radians(self.bev_yaw_deg)), self.bev_xyz)
+
+    @property
+    def ego_range(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) in the ego frame of the grid under the nominal mounting (axis-aligned hull):
+        the scale the losses normalise ego-frame map points by (VAD normalises by the grid extent)."""
+        x0, y0, _, x1, y1, _ = self.pc_range
+        corners = np.array([[x0, y0, 0.0], [x1, y0, 0.0], [x0, y1, 0.0], [x1, y1, 0.0]])
+        e = self.nominal_ego_from_bev()
+        pts = corners @ e[:3, :3].T + e[:3, 3]
+        lo, hi = pts.min(0), pts.max(0)
+        return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
     @property
     def img_hw(self) -> tuple[int, int]:
@@ -215,7 +264,6 @@ class VAD(nn.Module):
             cfg.fut_ts,
             cfg.motion_map_thresh,
             cfg.motion_map_dis_thresh,
-            cfg.motion_map_topk,
             cfg.dropout,
         )
         self.planning = PlanningHead(
@@ -237,8 +285,11 @@ class VAD(nn.Module):
             if cfg.use_traffic_light
             else None
         )
-        x0, y0, _, x1, y1, _ = cfg.pc_range
-        self.register_buffer("pos_scale", torch.tensor([(x1 - x0) / 2, (y1 - y0) / 2]), persistent=False)
+        ex0, ey0, ex1, ey1 = cfg.ego_range
+        # the CARLA goal point (ego metres) enters the ego query divided by the grid's ego half extents
+        self.register_buffer("pos_scale", torch.tensor([(ex1 - ex0) / 2, (ey1 - ey0) / 2]), persistent=False)
+        e = torch.as_tensor(cfg.nominal_ego_from_bev(), dtype=torch.float32)
+        self.register_buffer("nominal_ego_from_bev", e, persistent=False)
 
     # ------------------------------------------------------------------------------------------------
     # BEV
@@ -258,6 +309,15 @@ class VAD(nn.Module):
             vals.append(f.flatten(2).transpose(1, 2) + cam.to(f.dtype) + t.level_embeds[lvl].to(f.dtype))
         return torch.cat(vals, 1), shapes
 
+    def ego_from_bev(self, inputs: dict, b: int, tq: int, device: torch.device) -> torch.Tensor:
+        """(B, Tq, 4, 4) fp32 BEV-frame poses: inputs["ego_from_bev"] ((B, 4, 4) or (B, Tq, 4, 4)) or the
+        config's nominal mounting."""
+        m = inputs.get("ego_from_bev")
+        if m is None:
+            return self.nominal_ego_from_bev.to(device)[None, None].expand(b, tq, 4, 4)
+        m = m.to(device=device, dtype=torch.float32)
+        return m[:, None].expand(b, tq, 4, 4) if m.dim() == 3 else m
+
     def encode_frame(
         self,
         feats: list[torch.Tensor],
@@ -267,25 +327,44 @@ class VAD(nn.Module):
         prev_valid: torch.Tensor,
         img_hw: tuple[int, int],
         prev: BEVState | None,
+        ego_from_bev: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One frame: features of its B*Ncam images -> BEV (B, H*W, C)."""
+        """One frame: features of its B*Ncam images -> BEV (B, H*W, C). ego_from_bev (B, 4, 4), default
+        the nominal mounting."""
         cfg = self.cfg
         b = img_from_ego.shape[0]
+        dev = img_from_ego.device
         can_bus = can_bus.float()
+        with torch.autocast(dev.type, enabled=False):
+            e = self.nominal_ego_from_bev[None].expand(b, 4, 4) if ego_from_bev is None else ego_from_bev
+            e = e.float()
+            img_from_bev = img_from_ego.float() @ e[:, None]  # VAD's lidar2img
+            cur_from_prev = cur_from_prev.float()
+            prev_from_cur = torch.linalg.inv(cur_from_prev)
+            # heading change since the previous frame (positive = turned left), BEVFormer's can_bus[-1]
+            dyaw = torch.rad2deg(torch.atan2(prev_from_cur[:, 1, 0], prev_from_cur[:, 0, 0]))
         if cfg.can_bus_from_motion:
-            with torch.autocast(can_bus.device.type, enabled=False):
-                prev_from_cur = torch.linalg.inv(cur_from_prev.float())
-                # heading change since the previous frame (positive = turned left), BEVFormer's can_bus[-1]
-                dyaw = torch.atan2(prev_from_cur[:, 1, 0], prev_from_cur[:, 0, 0])
-            can_bus = torch.cat([prev_from_cur[:, :3, 3], can_bus[:, 3:17], torch.rad2deg(dyaw)[:, None]], -1)
+            can_bus = torch.cat([prev_from_cur[:, :3, 3], can_bus[:, 3:17], dyaw[:, None]], -1)
         query = self.bev_embedding.weight[None] + self.transformer.can_bus_mlp(can_bus)[:, None]
         pos = self.positional_encoding()
         value, shapes = self._camera_value(feats, b)
-        prev_bev, valid = None, None
+        prev_bev, valid, shift = None, None, None
         if prev is not None:
-            prev_bev = align_prev_bev(prev.bev, cur_from_prev, cfg.bev_h, cfg.bev_w, cfg.pc_range)
             valid = prev.valid.bool() & prev_valid.bool()
-        return self.transformer.encoder(query, pos, value, shapes, img_from_ego, img_hw, prev_bev, valid)
+            if cfg.bev_align == "exact":
+                with torch.autocast(dev.type, enabled=False):
+                    bcur_from_bprev = torch.linalg.inv(e) @ cur_from_prev @ e
+                prev_bev = align_prev_bev(prev.bev, bcur_from_bprev, cfg.bev_h, cfg.bev_w, cfg.pc_range)
+            else:
+                prev_bev = rotate_prev_bev_official(prev.bev, dyaw, cfg.bev_h, cfg.bev_w)
+                # the ego's displacement in the current ego axes, turned into BEV axes by the nominal yaw
+                # (VAD: CAN-bus translation rotated by the current heading, lidar assumed at -90 deg)
+                disp = -cur_from_prev[:, :2, 3]
+                rot = self.nominal_ego_from_bev[:2, :2].to(dev)
+                shift = official_shift(disp @ rot, cfg.pc_range) * valid[:, None].float()
+        return self.transformer.encoder(
+            query, pos, value, shapes, img_from_bev, img_hw, prev_bev, valid, shift
+        )
 
     def encode_bev(self, inputs: dict, state: BEVState | None = None) -> BEVState:
         """Run the temporal queue -> BEVState of the last frame (gradient only through the last frame)."""
@@ -303,6 +382,8 @@ class VAD(nn.Module):
         if can_bus is None:
             can_bus = torch.zeros(b, tq, 18, device=dev)
 
+        ego_from_bev = self.ego_from_bev(inputs, b, tq, dev)
+
         def step(t: int, feats: list[torch.Tensor], prev: BEVState | None) -> torch.Tensor:
             return self.encode_frame(
                 feats,
@@ -312,6 +393,7 @@ class VAD(nn.Module):
                 prev_valid[:, t],
                 img_hw,
                 prev,
+                ego_from_bev[:, t],
             )
 
         prev = state
@@ -343,7 +425,13 @@ class VAD(nn.Module):
             raise ValueError("inputs need 'command' (B,) long: 0 right, 1 left, 2 straight")
         # calibration and ego motion are tiny: check them (a NaN there would silently poison the BEV) with
         # one host sync; images are not scanned (a full-image pass per frame buys little)
-        names = ("img_from_ego", "can_bus", "cur_from_prev", "ego_his", "goal_point")
+        e = inputs.get("ego_from_bev")
+        if e is not None and (e.dim() not in (3, 4) or tuple(e.shape[-2:]) != (4, 4)
+                              or e.shape[0] != img.shape[0]):
+            raise ValueError(
+                f"inputs['ego_from_bev'] must be (B, 4, 4) or (B, Tq, 4, 4), got {tuple(e.shape)}"
+            )
+        names = ("img_from_ego", "can_bus", "cur_from_prev", "ego_his", "goal_point", "ego_from_bev")
         keys = [k for k in names if k in inputs]
         if keys:
             finite = torch.stack([torch.isfinite(inputs[k]).all() for k in keys]).tolist()
@@ -354,12 +442,15 @@ class VAD(nn.Module):
     def forward(self, inputs: dict, state: BEVState | None = None) -> tuple[dict, BEVState]:
         """Inputs -> (outputs, new state). See the module docstring for the inputs.
 
-        Outputs: plan_all (B, 3, T, 2) ego positions per command mode; plan (B, T, 2) of inputs' command;
-        plan_offsets (B, 3, T, 2); f_ego (B, 2C); det_logits (B, Q, 10); det_boxes (B, Q, 9)
-        [x, y, z, l, w, h, yaw, vx, vy]; det_code (B, Q, 10); motion_trajs (B, Q, M, T, 2) positions in the
-        ego frame; motion_offsets (B, Q, M, T, 2) per-step offsets; motion_mode_logits (B, Q, M);
-        map_logits (B, V, 3); map_pts (B, V, P, 2); aux_* lists of earlier decoder layers; bev (B, H*W, C);
-        tl_logits (B, 4) for the traffic-light variant."""
+        Outputs in the ego frame (x forward, y left): plan_all (B, 3, T, 2) positions per command mode;
+        plan (B, T, 2) of inputs' command; plan_offsets (B, 3, T, 2); f_ego (B, 2C); det_logits (B, Q, 10);
+        det_boxes (B, Q, 9) [x, y, z, l, w, h, yaw, vx, vy]; det_code (B, Q, 10); motion_trajs
+        (B, Q, M, T, 2) positions; motion_offsets (B, Q, M, T, 2) per-step offsets; motion_mode_logits
+        (B, Q, M); map_logits (B, V, 3); map_pts (B, V, P, 2); aux_* lists of earlier decoder layers; bev
+        (B, H*W, C); tl_logits (B, 4) for the traffic-light variant. In the BEV frame, as the official
+        head returns them: det_code_bev (B, Q, 10) VAD's box code [cx, cy, log w, log l, cz, log h,
+        sin, cos, vx, vy]; map_pts_norm (B, V, P, 2) normalised to the grid; motion_offsets_bev;
+        plan_offsets_bev (B, 3, T, 2) (VAD's ego_fut_preds); ego_from_bev (B, 4, 4) used."""
         self._check_inputs(inputs)
         new_state = self.encode_bev(inputs, state)
         out = self.decode(new_state.bev, inputs)
@@ -371,6 +462,7 @@ class VAD(nn.Module):
         b, c = bev.shape[0], cfg.embed_dims
         shape = (cfg.bev_h, cfg.bev_w)
         t = self.transformer
+        e = self.ego_from_bev(inputs, b, 1, bev.device)[:, -1]  # (B, 4, 4) of the current frame
         # agents
         qpos, q = self.query_embedding.weight.split(c, -1)
         ref = t.reference_points(qpos).sigmoid()[None].expand(b, -1, -1)
@@ -386,7 +478,8 @@ class VAD(nn.Module):
         # earlier layers only feed the auxiliary losses: skipped at inference
         keep = range(len(hs)) if self.training else [len(hs) - 1]
         det_logits = [self.cls_branches[i](hs[i]) for i in keep]
-        det_code = [decode_boxes(regs[i], refs[i], cfg.pc_range) for i in keep]
+        det_code_bev = [decode_boxes(regs[i], refs[i], cfg.pc_range) for i in keep]
+        agent_norm = normalised_xy(regs[-1], refs[-1]).detach()  # (B, Q, 2) VAD's outputs_coords_bev
         # map
         v, p = cfg.map_num_vec, cfg.map_num_pts
         memb = (self.map_pts_embedding.weight[None] + self.map_instance_embedding.weight[:, None]).flatten(
@@ -405,35 +498,40 @@ class VAD(nn.Module):
         )
         keep = range(len(mhs)) if self.training else [len(mhs) - 1]
         map_logits = [self.map_cls_branches[i](mhs[i].view(b, v, p, c).mean(2)) for i in keep]
-        map_pts = [decode_map_points(mregs[i], mrefs[i], cfg.pc_range).view(b, v, p, 2) for i in keep]
-        # motion and planning
+        map_norm = [normalised_xy(mregs[i], mrefs[i]).view(b, v, p, 2) for i in keep]
+        # motion and planning, on normalised BEV positions as VAD's head
         lane_feats = self.lane_encoder(mhs[-1].view(b, v, p, c))
-        map_score = map_logits[-1].sigmoid().max(-1)[0]
-        agent_xy = det_code[-1][..., :2]
-        agent_score = det_logits[-1].sigmoid().max(-1)[0]
-        scale = self.pos_scale.to(bev.dtype)
-        offsets, mode_logits, mfeats = self.motion(
-            hs[-1], agent_xy, lane_feats, map_pts[-1], map_score, scale
+        offsets_bev, mode_logits, mfeats = self.motion(
+            hs[-1], agent_norm, lane_feats, map_norm[-1].detach(), map_logits[-1].detach()
         )
         out: dict = {}
         extra = None
         if self.tl_branch is not None:
             extra, out["tl_logits"] = self.tl_branch(inputs["img"][:, -1, 0])
-        plan_off, f_ego = self.planning(
+        plan_bev, f_ego = self.planning(
             mfeats,
-            agent_xy,
-            agent_score,
+            agent_norm,
+            det_logits[-1].detach(),
             lane_feats,
-            map_pts[-1],
-            map_score,
-            scale,
+            map_norm[-1].detach(),
+            map_logits[-1].detach(),
+            self.pos_scale.to(bev.dtype),
             inputs.get("ego_his"),
             inputs.get("goal_point"),
             inputs["command"],
             extra,
         )
+        # public outputs in the ego frame
+        x0, y0, _, x1, y1, _ = cfg.pc_range
+        span = torch.tensor([x1 - x0, y1 - y0], device=bev.device)
+        lo = torch.tensor([x0, y0], device=bev.device)
+        det_code = [code_bev_to_ego(cd, e) for cd in det_code_bev]
+        map_pts = [points_bev_to_ego(mn.float() * span + lo, e) for mn in map_norm]
+        offsets = vectors_bev_to_ego(offsets_bev, e)
+        plan_off = vectors_bev_to_ego(plan_bev, e)
         plan_all = plan_off.float().cumsum(-2)
         cmd = inputs["command"].long().clamp(0, cfg.ego_fut_mode - 1)
+        agent_xy = det_code[-1][..., :2].detach()
         out.update(
             {
                 "plan_offsets": plan_off,
@@ -445,7 +543,7 @@ class VAD(nn.Module):
                 "det_boxes": box_code_to_boxes(det_code[-1]),
                 "motion_offsets": offsets,
                 "motion_mode_logits": mode_logits,
-                "motion_trajs": agent_xy.detach()[:, :, None, None, :].float() + offsets.float().cumsum(-2),
+                "motion_trajs": agent_xy[:, :, None, None, :].float() + offsets.float().cumsum(-2),
                 "map_logits": map_logits[-1],
                 "map_pts": map_pts[-1],
                 "aux_det_logits": det_logits[:-1],
@@ -453,6 +551,11 @@ class VAD(nn.Module):
                 "aux_map_logits": map_logits[:-1],
                 "aux_map_pts": map_pts[:-1],
                 "bev": bev,
+                "det_code_bev": det_code_bev[-1],
+                "map_pts_norm": map_norm[-1],
+                "motion_offsets_bev": offsets_bev,
+                "plan_offsets_bev": plan_bev,
+                "ego_from_bev": e,
             }
         )
         return out

@@ -105,7 +105,8 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
 
     img (Tq, Ncam, 3, H, W) float32; img_from_ego (Tq, Ncam, 4, 4); can_bus (Tq, 18) in BEVFormer's
     queue form ([0:3] and [17] relative to the previous queue frame, zero where prev_valid is False);
-    cur_from_prev (Tq, 4, 4); prev_valid (Tq,) bool; command (); ego_his (2, 2); ego_his_mask (2,).
+    cur_from_prev (Tq, 4, 4); prev_valid (Tq,) bool; command (); ego_his (2, 2); ego_his_mask (2,);
+    ego_from_bev (4, 4): the current record's LIDAR_TOP calibration (the model's BEV frame), when known.
     """
     sizes = [
         padded_size(r["cams"][c]["width"], r["cams"][c]["height"], cfg) for r in queue for c in cfg.cameras
@@ -141,7 +142,11 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
             can_bus[t, -1] = 0.0
         prev_pos, prev_angle = pos, angle
     cur = queue[-1]
+    extra = {}
+    if cur.get("ego_from_lidar") is not None:  # VAD's grid is centred on LIDAR_TOP (models/vad.py)
+        extra["ego_from_bev"] = torch.as_tensor(np.asarray(cur["ego_from_lidar"]), dtype=torch.float32)
     return {
+        **extra,
         "img": torch.from_numpy(img),
         "img_from_ego": torch.from_numpy(img_from_ego).float(),
         "can_bus": torch.from_numpy(can_bus).float(),

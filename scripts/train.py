@@ -4,6 +4,7 @@
     python -m scripts.train --config vad_tiny --dataroot D --version V --out RUN --vlm-ad \
         --features F.safetensors
     python -m scripts.train --config-file run.yaml --set lr=1e-4 --set vlm_ad.lambda2=0.2
+    python -m scripts.train --init-from ckpt/vad_tiny_official --dataroot D --version V --out RUN
     python -m scripts.train --out RUN --resume                 # continue RUN with its own config
     torchrun --nproc_per_node=8 -m scripts.train --config vad_base ...   # DDP, one process per GPU
 
@@ -25,7 +26,7 @@ FLAGS = {"config": "model", "dataroot": "dataroot", "version": "version", "out":
          "features": "features", "max_steps": "max_steps", "epochs": "epochs", "batch_size": "batch_size",
          "grad_accum": "grad_accum",
          "num_workers": "num_workers", "max_minutes": "max_minutes", "device": "device", "seed": "seed",
-         "backbone_weights": "backbone_weights"}
+         "backbone_weights": "backbone_weights", "init_from": "init_from"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", metavar="PTH",
                    help="torchvision ResNet-50 ImageNet weights (.pth) for the image backbone, loaded before "
                         "step 0 (VAD starts from them); default: random init")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="driving checkpoint (e.g. from scripts.convert_vad_checkpoint) whose weights start "
+                        "the run; without --config the run also takes its model config (DIR/config.yaml)")
     p.add_argument("--model-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a model config field, e.g. --model-set dropout=0.0 (repeatable)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -79,6 +83,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         value = getattr(args, flag)
         if value is not None:
             data[name] = value
+    if args.init_from and args.config is None and not args.resume:
+        from models.export import CONFIG, resolve_checkpoint_dir
+
+        data["model"] = str(resolve_checkpoint_dir(args.init_from) / CONFIG)
     if args.vlm_ad:
         data["vlm_ad.enabled"] = True
     if args.model_set:

@@ -122,7 +122,8 @@ def test_pillars_project_into_the_right_cameras():
 
 
 def test_packed_spatial_cross_attention_matches_a_per_camera_loop():
-    """All cameras packed and stacked in one grid_sample == each camera on its own with zero padding."""
+    """All cameras packed and stacked in one grid_sample == each camera on its own with zero padding.
+    The queries enter without a positional encoding (VAD's SCA gets query_pos=None)."""
     from models.bev_encoder import SpatialCrossAttention, pack_visible
 
     torch.manual_seed(0)
@@ -133,12 +134,12 @@ def test_packed_spatial_cross_attention_matches_a_per_camera_loop():
     ).double()
     torch.nn.init.normal_(sca.deformable_attention.sampling_offsets.weight, std=2.0)  # many samples off-image
     torch.nn.init.normal_(sca.deformable_attention.attention_weights.weight, std=0.5)
-    query, pos = torch.randn(b, hw, c, dtype=torch.float64), torch.randn(b, hw, c, dtype=torch.float64)
+    query = torch.randn(b, hw, c, dtype=torch.float64)
     value = torch.randn(b * ncam, sum(h * w for h, w in shapes), c, dtype=torch.float64)
     ref = torch.rand(b, ncam, hw, d, 2, dtype=torch.float64) * 1.2 - 0.1
     mask = torch.rand(b, ncam, hw, d) < 0.35
     mask[1] &= torch.rand(ncam, hw, d) < 0.5  # the two samples see different numbers of pairs
-    got = sca(query, pos, value, shapes, pack_visible(ref, mask))
+    got = sca(query, value, shapes, pack_visible(ref, mask))
 
     slots = torch.zeros_like(query)
     count = torch.zeros(b, hw, dtype=torch.float64)
@@ -148,9 +149,53 @@ def test_packed_spatial_cross_attention_matches_a_per_camera_loop():
             idx = mask[bi, k].any(-1).nonzero()[:, 0]
             if len(idx) == 0:
                 continue
-            q = (query + pos)[bi, idx][None]
+            q = query[bi, idx][None]
             out = da(q, value[bi * ncam + k][None], ref[bi, k, idx][None], shapes)
             slots[bi, idx] += out[0]
             count[bi, idx] += 1
     expected = query + sca.output_proj(slots / count.clamp(min=1)[..., None])
-    assert torch.allclose(got, expected, atol=1e-10)
+    # the sampling core runs in fp32 whatever the dtype: both paths agree to fp32 rounding
+    assert (got - expected).abs().max() < 1e-5, (got - expected).abs().max()
+
+
+def test_official_history_rotation_is_torchvision_rotate():
+    """VAD's `rotate(prev_bev, angle, center)`: 0 deg is the identity; about the image centre, +90 deg is
+    a counter-clockwise quarter turn of the (row, column) image (torch.rot90 from rows towards columns);
+    about VAD's default pixel (100, 100) a 100 x 100 grid turns about its far corner."""
+    from models.bev_encoder import rotate_prev_bev_official
+
+    h = w = 8
+    prev = torch.randn(1, h * w, 3)
+    same = rotate_prev_bev_official(prev, torch.tensor([0.0]), h, w, center=(4.0, 4.0))
+    assert torch.equal(same, prev)
+    got = rotate_prev_bev_official(prev, torch.tensor([90.0]), h, w, center=(4.0, 4.0))
+    img = prev[0].T.reshape(3, h, w)
+    want = torch.rot90(img, 1, dims=(-2, -1)).reshape(3, -1).T[None]
+    assert torch.allclose(got, want)
+    big = torch.zeros(1, 100 * 100, 1)
+    big[0, 99 * 100 + 99] = 1.0  # the cell next to pixel (100, 100) stays put under a small turn
+    turned = rotate_prev_bev_official(big, torch.tensor([2.0]), 100, 100)
+    assert turned[0, 99 * 100 + 99, 0] == 1.0 and turned[0, 0, 0] == 0.0
+
+
+def test_bev_align_switch_changes_only_frames_with_history():
+    import dataclasses
+
+    from models.configs import get_config
+    from models.dummy_batch import feature_inputs, make_dummy_batch
+    from models.vad import VAD
+
+    outs = {}
+    for mode in ("official", "exact"):
+        cfg = dataclasses.replace(get_config("vad_nano"), bev_align=mode)
+        torch.manual_seed(0)
+        model = VAD(cfg).eval()
+        inputs = feature_inputs(make_dummy_batch(cfg, batch_size=1, queue_length=2))
+        first = {k: (v[:, :1] if k in ("img", "img_from_ego", "can_bus", "cur_from_prev", "prev_valid")
+                     else v) for k, v in inputs.items()}
+        with torch.no_grad():
+            out1, state = model(first)
+            out2, _ = model(inputs)
+        outs[mode] = (out1["bev"], out2["bev"])
+    assert torch.equal(outs["official"][0], outs["exact"][0])  # no history: identical
+    assert not torch.allclose(outs["official"][1], outs["exact"][1], atol=1e-4)

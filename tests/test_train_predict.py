@@ -95,11 +95,24 @@ def test_state_mode_matches_the_training_queue_where_both_see_the_same_history(s
     assert not np.allclose(state[frames[5][1]], queue[frames[5][1]], atol=1e-5)
 
 
+def test_lidar_frame_plans_are_the_bev_frame_plans(setup):
+    """frame="lidar" (eval_openloop --checkpoint --frame lidar) returns the model's BEV-frame (LIDAR_TOP)
+    plan; rotated by each record's ego_from_lidar it is the ego-axes plan."""
+    root, infos, run, model = setup
+    tokens = [r["token"] for r in infos[:3]]
+    kw = dict(tokens=tokens, infos=infos, progress=False, device="cpu")
+    ego = predict(model, root, "v1.0-mini", **kw).plans
+    lidar = predict(model, root, "v1.0-mini", frame="lidar", **kw).plans
+    rot = {r["token"]: np.asarray(r["ego_from_lidar"])[:2, :2] for r in infos}
+    for t in tokens:
+        assert np.allclose(lidar[t] @ rot[t].T, ego[t], atol=1e-4)
+        assert not np.allclose(lidar[t], ego[t], atol=1e-3)
+
+
 def test_errors(setup, tmp_path):
     root, infos, run, model = setup
-    with pytest.raises(UserError, match="ego frame"):
-        eval_main(["--dataroot", str(root), "--version", "v1.0-mini", "--checkpoint", str(run), "--frame",
-                   "lidar", "--out", str(tmp_path / "m.json"), "--quiet"])
+    with pytest.raises(UserError, match="plan frame"):
+        predict(model, root, "v1.0-mini", infos=infos, progress=False, device="cpu", frame="global")
     bare = tmp_path / "bare"
     export_driving_checkpoint(model.driver, model.driver.cfg, bare)  # no val_scenes recorded
     with pytest.raises(UserError, match="held-out scenes"):

@@ -34,6 +34,8 @@ class TrainConfig:
     drop_carla_inputs: bool = True
     backbone_weights: str | None = None  # torchvision-format ResNet-50 ImageNet .pth loaded into the image
     # backbone (and the CARLA variant's traffic-light backbone) before step 0; None = random init
+    init_from: str | None = None  # driving checkpoint folder (e.g. a converted official VAD) whose weights
+    # initialise the driver before step 0 (strict: every tensor must fit the run's model config)
     vlm_ad: VLMADConfig = field(default_factory=lambda: VLMADConfig(enabled=False))  # VLM-AD heads + loss
     features: str | None = None  # feature store (.safetensors, teacher.feature_store) with the VLM targets
     min_feature_coverage: float = 0.0  # fraction of training samples the store must cover (0% always fails)
@@ -114,7 +116,8 @@ class TrainConfig:
 
 # Fields that change what a run computes. Resuming with a different value would not continue the same run.
 # (dataroot and features are paths: a dataset or feature store moved to another disk may be resumed from.)
-TRAJECTORY_FIELDS = ("model", "model_overrides", "drop_carla_inputs", "vlm_ad", "version", "split",
+TRAJECTORY_FIELDS = ("model", "model_overrides", "drop_carla_inputs", "init_from", "vlm_ad", "version",
+                     "split",
                      "val_fraction", "lr", "backbone_lr_mult", "weight_decay",
                      "grad_clip", "warmup_iters", "warmup_ratio", "warmup_max_fraction", "min_lr_ratio",
                      "precision", "seed")

@@ -210,6 +210,8 @@ class _Trainer:
         driver = VAD(self.model_cfg)
         if cfg.backbone_weights and self.resume_from is None:  # a resume restores the trained weights
             self._load_backbone_weights(driver, cfg.backbone_weights)
+        if cfg.init_from and self.resume_from is None:
+            self._init_from(driver, cfg.init_from)
         self.model = TrainModel(driver, vlm_cfg, text_dim).to(d.device)
         self.opt = torch.optim.AdamW(self.model.param_groups(cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay),
                                      lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -237,6 +239,20 @@ class _Trainer:
             report = load_backbone_weights(module, path)
             self.log(f"{name}: loaded {path} ({len(report['missing'])} missing, "
                      f"{len(report['unexpected'])} unexpected keys)")
+
+    def _init_from(self, driver: VAD, path: str) -> None:
+        """Initialise the driver from a driving checkpoint (strict; config differences are logged)."""
+        from models.export import load_driving_checkpoint
+
+        src, src_cfg, _ = load_driving_checkpoint(path)
+        ours, theirs = to_dict(self.model_cfg), to_dict(src_cfg)
+        diff = sorted(k for k in ours if ours[k] != theirs.get(k))
+        try:
+            driver.load_state_dict(src.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise UserError(f"--init-from {path}: its weights do not fit this run's model config (differing "
+                            f"fields: {diff}): {str(e).splitlines()[0]}") from None
+        self.log(f"driver initialised from {path}" + (f" (model config differs in {diff})" if diff else ""))
 
     def _load(self, folder: Path) -> None:
         """Restore model, optimiser, scheduler, RNG and position from a training checkpoint."""

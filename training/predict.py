@@ -119,15 +119,21 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, version: str,
             tokens: list[str] | None = None, scenes: list[str] | None = None, mode: str = "state",
             batch_size: int = 4, device: str | torch.device | None = None, num_workers: int = 2,
-            infos: list[dict] | None = None, bf16: bool = False, progress: bool = True) -> Predictions:
+            infos: list[dict] | None = None, bf16: bool = False, progress: bool = True,
+            frame: str = "ego") -> Predictions:
     """Plans (and action predictions when the model has the VLM-AD action head) for keyframes.
 
+    frame "ego": future ego positions in the ego frame (`out["plan"]`); "lidar": VAD's convention, the
+    plan in the model's BEV frame (LIDAR_TOP axes, relative to the lidar: VAD's `ego_fut_preds`), for
+    `scripts.eval_openloop --frame lidar` (docs/metrics.md).
     tokens: keyframes to return (default: every keyframe of `scenes`, or of the whole dataset).
     scenes: scene names to run (default: the scenes of `tokens`, or all). `infos`: the records if the
     caller already has them (else nusc.infos.build_or_load_infos). bf16: autocast on CUDA.
     """
     if mode not in MODES:
         raise UserError(f"unknown prediction mode {mode!r}; choose one of {MODES}")
+    if frame not in ("ego", "lidar"):
+        raise UserError(f"unknown plan frame {frame!r}; choose ego or lidar")
     dev = _resolve_device(device)
     m = load_model(model_or_ckpt, dev)
     if m.cfg.use_goal_point:
@@ -175,7 +181,12 @@ def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, 
                 out, state = driver(inputs, state)
             else:
                 out, _ = driver(inputs)
-            plan = out["plan"].float().cpu().numpy()
+            if frame == "lidar":  # VAD's convention: the BEV-frame (LIDAR_TOP) plan of the given command
+                cmd = inputs["command"].long().clamp(0, out["plan_offsets_bev"].shape[1] - 1)
+                sel = out["plan_offsets_bev"][torch.arange(len(cmd), device=cmd.device), cmd]
+                plan = sel.float().cumsum(-2).cpu().numpy()
+            else:
+                plan = out["plan"].float().cpu().numpy()
             labels = None
             if aux is not None:
                 heads = aux(out["f_ego"].float())["action"]
@@ -208,8 +219,6 @@ def checkpoint_predictions(args: Any, gt: Any, split_scope: Any
                            ) -> tuple[dict[str, np.ndarray], set[str] | None, str, str]:
     """`scripts.eval_openloop --checkpoint`: run the model over the evaluated scope, write the plans (and
     actions) beside --out; returns (plans, scope, predictions path, run name)."""
-    if args.frame != "ego":
-        raise UserError("--checkpoint produces plans in the ego frame; drop --frame lidar")
     m = load_model(args.checkpoint, _resolve_device(args.device))
     if args.split == "heldout":
         scenes = set(heldout_scenes(m))
@@ -220,7 +229,8 @@ def checkpoint_predictions(args: Any, gt: Any, split_scope: Any
     else:
         scope = split_scope(gt, args.split)
     tokens = [t for t in gt.samples if scope is None or t in scope]
-    res = predict(m, args.dataroot, args.version, tokens=tokens, device=args.device, progress=not args.quiet)
+    res = predict(m, args.dataroot, args.version, tokens=tokens, device=args.device, progress=not args.quiet,
+                  frame=args.frame)
     out = Path(args.out)
     stem = out.name.removesuffix(".json")
     path = Path(args.save_predictions) if args.save_predictions else out.with_name(f"{stem}.predictions.json")
