@@ -14,10 +14,17 @@ What one run does (each step bounded, every child in its own process group):
    the file already holds progress: the evaluator's `--resume` is `type=bool`, so "0" would mean True);
 4. when the evaluator dies (non-zero exit; leaderboard 1.0 exits -1 after recording "Failed - Simulation
    crashed"), or stalls, restart the server and resume at the route it was on; a route that crashed
-   `--max-crashes` times is recorded as "Failed - Simulation crashed" with zero scores and skipped
-   (failed, not missing);
+   `--max-crashes` times is recorded as "Failed - Simulation crashed" with zero scores (the one place
+   that writes zeros: `scoring.give_up_record`, with the route's keypoint length and the measured
+   durations) and skipped (failed, not missing);
 5. on exit, Ctrl-C or SIGTERM every process group it started is killed; at the end the report
    (`carla_eval.report`) is written to OUT/report.{json,md} and OUT/plots/.
+
+Failing loudly: before any server starts, the checkpoint is loaded the way the project's agent loads it
+(`agent.options.load_agent_options` + `models.export.load_driving_checkpoint`, on the CPU), so a missing
+or broken checkpoint stops the run with the loader's message. And a shard whose every route ended
+"Failed - Agent couldn't be set up" (the evaluator then still exits 0) is an error carrying the agent's
+own message from the evaluator log.
 
 Server and evaluator commands are templates (`server_cmd`, `evaluator_cmd`), so tests swap in stand-in
 executables; fields: {python} {project_root} {carla_root} {leaderboard_root} {scenario_runner_root} {host}
@@ -31,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -75,7 +83,7 @@ class EvalConfig:
     routes_dir: str = "runs/routes"  # folder `python -m routes.fetch --out` wrote the benchmark files to
     scenarios: str = ""  # scenario JSON; "" = benchmark default (Long: town05_all_scenarios.json, else none)
     checkpoint: str = ""  # exported driving checkpoint (folder or agent YAML), given as --agent-config
-    agent: str = "agent/vad_agent.py"  # leaderboard agent module (relative paths: to the project root)
+    agent: str = "agent/vad_agent.py"  # leaderboard agent file (relative paths: to the project root)
     out: str = "runs/closed_loop"  # output folder: plan, shard results, logs, report
     servers: int = 1  # CARLA servers = shards run in parallel (one per GPU)
     gpus: str = ""  # comma-separated GPU index per server; "" = 0, 1, ..., servers-1
@@ -96,6 +104,7 @@ class EvalConfig:
     label: str = ""  # name of this checkpoint / run in the report ("" = the checkpoint's name)
     server_check: str = "carla"  # "carla": TCP + get_server_version + version check; "tcp": TCP only
     evaluator_python: str = ""  # Python that runs the evaluator ("" = this one)
+    check_checkpoint: bool = True  # load the checkpoint as the agent will before any server starts
     server_cmd: tuple[str, ...] = DEFAULT_SERVER_CMD  # server command template (one item per argument)
     evaluator_cmd: tuple[str, ...] = DEFAULT_EVALUATOR_CMD  # evaluator command template
 
@@ -122,6 +131,65 @@ def how_to_start(cfg: EvalConfig, i: int) -> str:
             f"-carla-streaming-port={p['streaming_port']}` (CARLA {cfg.carla_version}; install it with "
             f"carla_eval/setup_carla.sh), or pass --carla-root so this script starts the servers itself; "
             f"see docs/closed_loop.md")
+
+
+VAD_AGENT = PROJECT_ROOT / "agent" / "vad_agent.py"
+VAD_AGENT_MODULES = ("agent.vad_agent", "agent/vad_agent")
+
+
+def agent_path(agent: str) -> str:
+    """`--agent` as the evaluator gets it: a relative file path is taken from the project root (the
+    evaluator would resolve it against its working directory); module names (the bridge) pass unchanged."""
+    if agent.endswith(".py") and not Path(agent).expanduser().is_absolute():
+        return str(PROJECT_ROOT / agent)
+    return str(Path(agent).expanduser()) if agent.endswith(".py") else agent
+
+
+def preflight_checkpoint(cfg: EvalConfig) -> bool:
+    """Load `--checkpoint` the way agent/vad_agent.py's `setup` does (CPU); UserError with the loader's
+    message if that fails. Returns False (nothing checked) for other agents, whose loader is unknown."""
+    agent = agent_path(cfg.agent)
+    if not cfg.check_checkpoint or not cfg.checkpoint or not (
+            agent in VAD_AGENT_MODULES or (agent.endswith(".py") and Path(agent).resolve() == VAD_AGENT)):
+        return False
+    from agent.options import load_agent_options  # late: torch and the model only when checking
+    from models.export import load_driving_checkpoint
+
+    try:
+        _, folder = load_agent_options(cfg.checkpoint)
+        load_driving_checkpoint(folder, "cpu")
+    except UserError as e:
+        raise UserError(f"checkpoint check failed before starting any server: {e}") from None
+    except Exception as e:  # a loader bug or unreadable file: still the agent's setup failure
+        raise UserError(f"checkpoint check failed before starting any server: could not load "
+                        f"{cfg.checkpoint} as the agent does: {type(e).__name__}: {e}") from None
+    return True
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+SETUP_MARK = "Could not set up the required agent:"
+
+
+def agent_setup_message(logs: list[Path]) -> str:
+    """The agent's own error from the evaluator logs: the "> message" line leaderboard_evaluator.py prints
+    after "Could not set up the required agent:" (the last one found), or "" when there is none."""
+    msg = ""
+    for log in logs:
+        try:
+            lines = _ANSI.sub("", log.read_text(errors="replace")).splitlines()
+        except OSError:
+            continue
+        for i, line in enumerate(lines):
+            if SETUP_MARK in line:
+                nxt = next((x.strip() for x in lines[i + 1:i + 4] if x.strip()), "")
+                msg = nxt[1:].strip() if nxt.startswith(">") else nxt
+    return msg
+
+
+def all_setup_failed(data: dict[str, Any] | None) -> bool:
+    """True when the results hold records and every one is "Failed - Agent couldn't be set up"."""
+    recs = (data or {}).get("_checkpoint", {}).get("records") or []
+    return bool(recs) and all(scoring.REASON_AGENT_SETUP in str(r.get("status", "")) for r in recs)
 
 
 # ---- processes -------------------------------------------------------------------------------------
@@ -260,13 +328,17 @@ def progress_of(data: dict[str, Any] | None) -> tuple[int, int] | None:
 
 
 def mark_route_failed(path: Path, data: dict[str, Any] | None, index: int, route: Route, total: int,
-                      crashes: int) -> None:
-    """Record route x repetition `index` as crashed (zero scores) and move progress past it."""
+                      crashes: int, wall_s: float) -> None:
+    """Record route x repetition `index` as given up after `crashes` crashes (`scoring.give_up_record`:
+    zero scores, route length along the keypoints, durations measured: `wall_s` seconds of evaluator time
+    on it, the game time of the evaluator's last record of it) and move progress past it."""
     data = data or {"_checkpoint": {"global_record": {}, "progress": [index, total], "records": []},
                     "sensors": [], "values": []}
     records = data["_checkpoint"]["records"]
-    rec = scoring.make_route_record(route.name, index, 0.0, failure=scoring.REASON_SIMULATION_CRASHED,
-                                    extra_meta={"crashes": crashes, "marked_by": "carla_eval.launcher"})
+    last = next((r for r in records if int(r.get("index", -1)) == index), None)
+    game = float((last or {}).get("meta", {}).get("duration_game", 0.0) or 0.0)
+    rec = scoring.give_up_record(route.name, index, max(route.length_m, 1e-3), crashes,
+                                 duration_system=max(float(wall_s), 0.0), duration_game=max(game, 0.0))
     records[:] = [r for r in records if int(r.get("index", -1)) != index]
     records.append(rec)
     records.sort(key=lambda r: int(r["index"]))
@@ -274,14 +346,29 @@ def mark_route_failed(path: Path, data: dict[str, Any] | None, index: int, route
     atomic_write_json(path, data, indent=4)
 
 
-def finalize_results(path: Path, total: int) -> None:
-    """Rewrite global_record / entry_status when the launcher (not the evaluator) closed the file."""
+def installed_tree(leaderboard_root: str) -> str:
+    """The leaderboard tree setup_carla.sh recorded beside the clone (DIR/versions.lock), else the default."""
+    lock = Path(leaderboard_root).parent / "versions.lock" if leaderboard_root else None
+    try:
+        for line in lock.read_text().splitlines() if lock else ():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "leaderboard_tree" and parts[1] in scoring.TREES:
+                return parts[1]
+    except OSError:
+        pass
+    return scoring.DEFAULT_TREE
+
+
+def finalize_results(path: Path, total: int, tree: str = scoring.DEFAULT_TREE) -> None:
+    """Rewrite global_record / entry_status (with `tree`'s rules) when the launcher, not the evaluator,
+    closed the file."""
     data = read_results(path)
     if data is None:
         return
     recs = data["_checkpoint"]["records"]
     prog = list(progress_of(data) or (len(recs), total))
-    full = scoring.make_results_file(recs, prog, sensors=data.get("sensors", []), meta=data.get("meta"))
+    full = scoring.make_results_file(recs, prog, sensors=data.get("sensors", []), meta=data.get("meta"),
+                                     tree=tree)
     atomic_write_json(path, full, indent=4)
 
 
@@ -300,6 +387,7 @@ class ShardRunner(threading.Thread):
         self.error: BaseException | None = None
         self.n_server = 0
         self.n_eval = 0
+        self.wall: dict[int, float] = {}  # evaluator seconds spent on each crashing route index
         self.bridge = (ShardBridge.plan(self.dir, k, cfg.port_base, cfg.agent, cfg.checkpoint,
                                         gpu_list(cfg)[k], cfg.timeout)
                        if cfg.carla_version in BRIDGE_CARLA else None)  # 0.9.10.1: the agent bridge
@@ -319,7 +407,7 @@ class ShardRunner(threading.Thread):
                 "scenario_runner_root": self.scenario_runner_root(), "host": cfg.host, "tm_seed": cfg.tm_seed,
                 "gpu": gpu_list(cfg)[self.k], "routes": str(self.route_file),
                 "scenarios": str(self.scenarios),
-                "repetitions": cfg.repetitions, "agent": cfg.agent, "checkpoint": cfg.checkpoint,
+                "repetitions": cfg.repetitions, "agent": agent_path(cfg.agent), "checkpoint": cfg.checkpoint,
                 "track": cfg.track, "results": str(self.results), "client_timeout": cfg.client_timeout,
                 "shard": self.k, **ports(cfg, self.k), **(self.bridge.fields() if self.bridge else {})}
 
@@ -416,7 +504,9 @@ class ShardRunner(threading.Thread):
                 break
             if data is not None:
                 shutil.copyfile(self.results, backup)  # the evaluator rewrites the file in place
+            t0 = time.monotonic()
             rc = self.run_evaluator()
+            spent = time.monotonic() - t0
             data = read_results(self.results)
             if data is None and backup.exists():
                 self.log("results file corrupt after the evaluator died; restoring the last good copy")
@@ -434,20 +524,27 @@ class ShardRunner(threading.Thread):
             if prog is not None and prog[0] >= self.total:
                 if rc != 0:
                     self.log(f"evaluator exited with code {rc} after the last route; closing the file")
-                    finalize_results(self.results, self.total)
+                    finalize_results(self.results, self.total, installed_tree(self.cfg.leaderboard_root))
                 break
             index = prog[0] if prog is not None else 0
+            self.wall[index] = self.wall.get(index, 0.0) + spent
             n = self.state.add(self.k, index)
             route = self.routes[index // self.cfg.repetitions]
             self.log(f"evaluator exited with code {rc} on {route.name} (index {index}); crash {n} of "
                      f"{self.cfg.max_crashes}")
             if n >= self.cfg.max_crashes:
                 self.log(f"{route.name} (index {index}) crashed {n} times: recorded as failed")
-                mark_route_failed(self.results, data, index, route, self.total, n)
+                mark_route_failed(self.results, data, index, route, self.total, n, self.wall.get(index, 0.0))
                 if index + 1 >= self.total:
-                    finalize_results(self.results, self.total)
+                    finalize_results(self.results, self.total, installed_tree(self.cfg.leaderboard_root))
                     break
             self.start_server()
+        if all_setup_failed(read_results(self.results)):
+            logs = sorted(self.dir.glob("evaluator_*.log"), key=lambda p: int(p.stem.split("_")[-1]))
+            msg = agent_setup_message(logs) or "no message in the evaluator log"
+            raise UserError(f"shard {self.k}: the agent could not be set up on any of its {self.total} "
+                            f"route(s) (every record is \"Failed - {scoring.REASON_AGENT_SETUP}\"): {msg}; "
+                            f"see {self.dir}/evaluator_{self.n_eval}.log")
         self.log("done")
 
 
@@ -519,6 +616,9 @@ def validate(cfg: EvalConfig) -> None:
         if not cfg.leaderboard_root or not Path(cfg.leaderboard_root, "leaderboard").is_dir():
             raise UserError(f"--leaderboard-root {cfg.leaderboard_root!r} is not a leaderboard clone; set it "
                             f"up with carla_eval/setup_carla.sh")
+    if "{agent}" in uses and cfg.agent.endswith(".py") and not Path(agent_path(cfg.agent)).is_file():
+        raise UserError(f"--agent {cfg.agent!r}: {agent_path(cfg.agent)} does not exist (relative paths are "
+                        f"taken from the project root {PROJECT_ROOT})")
     if "{checkpoint}" in uses and not cfg.checkpoint:
         raise UserError("--checkpoint is required (an exported driving checkpoint folder or agent YAML)")
 
@@ -562,6 +662,8 @@ def plan(cfg: EvalConfig) -> tuple[list[list[Route]], Path, Path, str | None]:
 def run(cfg: EvalConfig) -> Path:
     """Run the whole evaluation; returns the report JSON path."""
     validate(cfg)
+    if preflight_checkpoint(cfg):
+        print(f"checkpoint {cfg.checkpoint} loads as the agent loads it")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     shards, route_file, scen, bench = plan(cfg)
@@ -664,6 +766,9 @@ def build_parser() -> argparse.ArgumentParser:
       help="server command template (shell words); fields in carla_eval/launcher.py")
     a("--evaluator-cmd", default=None, help="evaluator command template (shell words)")
     a("--evaluator-python", default=None, help="Python that runs the evaluator (default: this one)")
+    a("--no-check-checkpoint", dest="check_checkpoint", action="store_false", default=None,
+      help="skip loading --checkpoint with the agent's loader before the servers start (default: check; "
+           "only for the project's agent/vad_agent.py, whose loader is known)")
     a("--config", default=None, help="YAML with any of the fields above (EvalConfig); flags override it")
     return p
 

@@ -2,25 +2,30 @@
 
     python -m carla_eval.report RESULTS.json [MORE.json ...] [--routes ROUTES.xml] [--repetitions R]
         --json OUT.json --markdown OUT.md [--plots DIR] [--label NAME] [--benchmark short|long]
+        [--leaderboard-tree auto|stable|leaderboard-1.0]
     python -m carla_eval.report compare A/report.json B/report.json [...] --markdown OUT.md [--json OUT.json]
         [--plots DIR]
 
 Rules (leaderboard semantics, numbers from `carla_eval.scoring`):
 - one slot per route x repetition; a record's repetition is `index % R` (the evaluator numbers its
-  routes route_position x R + repetition, in every shard file);
-- DS, RC (0-100) and infraction penalty (0-1) are means over the expected slots; a slot with no record
-  counts as 0 (with `--routes` every route of the file is expected; without it, every route seen in
-  any file, x R);
-- a record whose status says "Simulation crashed" (the evaluator died on it, and the launcher gave up
-  after K tries) is a failure with DS = RC = penalty = 0; it is listed in `failed_routes` and
-  `crashed_routes`, never in `missing_routes`;
-- duplicates (the same route x repetition in several records): keep one, and list it in `duplicates`:
-  a non-crashed record beats a crashed one; otherwise the file given LAST wins (list a re-run after the
-  original), and within one file the higher index;
+  routes route_position x R + repetition, in every shard file); without --routes, a route listed twice in
+  one evaluator's route file (two records of it at different indices of one file) fills two slots;
+- the headline DS, RC (0-100) and infraction penalty (0-1), their standard deviations, the per-km
+  figures, status and exceptions are the leaderboard's `global_record`, computed by
+  `scoring.leaderboard_global_record` over the expected slots (a slot with no record counts as 0 in the
+  means) with the rules of one leaderboard tree: `--leaderboard-tree` (default `auto`: the tree that
+  wrote the files, told by their `global_record`, else `stable`, the tree setup_carla.sh installs);
+- a "Failed - Simulation crashed" record keeps what the evaluator measured up to the crash (as in the
+  leaderboard); it is listed in `failed_routes` and `crashed_routes`, never in `missing_routes`. Only the
+  launcher's give-up record (a route that crashed --max-crashes times) holds zeros;
+- duplicates (the same slot in several records): keep one, and list it in `duplicates`: a non-crashed
+  record beats a crashed one; otherwise the file given LAST wins (list a re-run after the original), and
+  within one file the higher index;
 - all files of one report must have the same sensor set-up (`sensors`) and the same source: results of
   the offline world carry `meta.source` / `meta.label` and are shown as such, never as CARLA numbers;
-- infractions per km = total count / total km driven, km driven = sum over routes of RC/100 x route
-  length (`meta.route_length`); crashed slots add neither infractions nor km.
+- two per-km figures, each named: `leaderboard_infractions_per_km` (the tree's global_record: sum over
+  routes of count / km of that route) and `infractions_per_km` (this project's: total count / total km
+  driven, km driven = sum over routes of RC/100 x route length `meta.route_length`).
 """
 
 from __future__ import annotations
@@ -45,8 +50,14 @@ PAPER_TABLE2: dict[str, list[tuple[str, float, float]]] = {
     "long": [("VAD-Base (paper)", 30.31, 75.20), ("VAD-Base + VLM-AD (paper)", 35.25, 84.14)],
 }
 CARLA_SOURCE = "carla"
-PER_KM_RULE = ("infractions per km = total number of infractions / total km driven; km driven = sum over "
-               "routes of RC/100 x route length (meta.route_length); crashed routes add neither")
+PER_KM_RULE = ("project figure: infractions per km = total number of infractions / total km driven; km "
+               "driven = sum over routes of RC/100 x route length (meta.route_length)")
+LB_PER_KM_RULE = {
+    "stable": "leaderboard (stable): sum over routes of count / (RC/100 x route km), km floored at 1 m",
+    "leaderboard-1.0": "leaderboard (leaderboard-1.0): sum over routes of count / (RC/100 x route km), "
+                       "routes with RC 0 skipped",
+}
+TREE_CHOICES = ("auto", *scoring.TREES)
 STATUS_MISSING = "Missing (no record)"
 
 
@@ -112,8 +123,23 @@ def _infer_benchmark(ids: list[str]) -> str | None:
     return None
 
 
+def _pick_tree(tree: str, loaded: list[tuple[Path, dict[str, Any]]]) -> tuple[str, str]:
+    """(tree, how it was chosen: "given" / "detected" / "default")."""
+    if tree != "auto":
+        if tree not in scoring.TREES:
+            raise UserError(f"--leaderboard-tree must be one of {list(TREE_CHOICES)}, got {tree!r}")
+        return tree, "given"
+    found = {p: scoring.detect_tree(d["_checkpoint"].get("global_record")) for p, d in loaded}
+    trees = {t for t in found.values() if t is not None}
+    if len(trees) > 1:
+        desc = "; ".join(f"{p}: {t}" for p, t in found.items() if t)
+        raise UserError(f"the results files were written by different leaderboard trees ({desc}); pass "
+                        f"--leaderboard-tree to score them with one tree's rules")
+    return (trees.pop(), "detected") if trees else (scoring.DEFAULT_TREE, "default")
+
+
 def build_report(files: list[str | Path], routes_file: str | Path | None = None, repetitions: int = 1,
-                 label: str = "", benchmark: str | None = None) -> dict[str, Any]:
+                 label: str = "", benchmark: str | None = None, tree: str = "auto") -> dict[str, Any]:
     """Merge and validate results files into the report dict (see the module docstring for the rules)."""
     if repetitions < 1:
         raise UserError("--repetitions must be >= 1")
@@ -125,6 +151,7 @@ def build_report(files: list[str | Path], routes_file: str | Path | None = None,
         data = load_results(f, warnings)
         if data is not None:
             loaded.append((Path(f), data))
+    tree, tree_how = _pick_tree(tree, loaded)
 
     # one source and one sensor set-up per report
     sources = {(d.get("meta") or {}).get("source", CARLA_SOURCE) for _, d in loaded}
@@ -140,87 +167,105 @@ def build_report(files: list[str | Path], routes_file: str | Path | None = None,
                         f"repetition must come from the same agent configuration")
     sensors = list(next(iter(setups))) if setups else []
 
-    # candidates per (route_id, repetition)
-    cands: dict[tuple[str, int], list[tuple[tuple[int, int, int], Path, dict[str, Any]]]] = {}
+    # candidates per slot (route_id, repetition, occurrence); occurrence > 0 only for a route listed
+    # several times in one evaluator's route file (and only without --routes, whose ids are unique)
+    Slot = tuple[str, int, int]
+    cands: dict[Slot, list[tuple[tuple[int, int, int], Path, dict[str, Any]]]] = {}
+    first_seen: list[Slot] = []
     for order, (path, data) in enumerate(loaded):
-        for r in data["_checkpoint"]["records"]:
+        seen_here: dict[tuple[str, int], int] = {}
+        for r in sorted(data["_checkpoint"]["records"], key=lambda r: r["index"]):
             rid = str(r["route_id"])
             if not rid.startswith("RouteScenario_"):
                 rid = f"RouteScenario_{rid}"
-            key = (rid, r["index"] % repetitions)
+            base = (rid, r["index"] % repetitions)
+            occ = 0 if routes_file is not None else seen_here.get(base, 0)
+            seen_here[base] = occ + 1
+            key = (*base, occ)
             prio = (0 if scoring.is_simulation_crash(r["status"]) else 1, order, r["index"])
+            if key not in cands:
+                first_seen.append(key)
             cands.setdefault(key, []).append((prio, path, r))
 
     if routes_file is not None:
         ids = [r.id for r in parse_routes(routes_file)]
-        unknown = sorted({rid for rid, _ in cands} - {f"RouteScenario_{i}" for i in ids}, key=_route_sort_key)
+        unknown = sorted({rid for rid, _, _ in cands} - {f"RouteScenario_{i}" for i in ids},
+                         key=_route_sort_key)
         if unknown:
             raise UserError(f"records for routes {unknown} are not in the route file {routes_file}; "
                             f"wrong --routes?")
         if benchmark is None:
             benchmark = _infer_benchmark(ids)
+        expected: list[Slot] = [(f"RouteScenario_{i}", rep, 0) for i in ids for rep in range(repetitions)]
     else:
-        ids = sorted({scoring.route_id_number(rid) for rid, _ in cands}, key=lambda s: _route_sort_key(s))
+        ids = sorted({scoring.route_id_number(rid) for rid, _, _ in cands}, key=_route_sort_key)
+        expected = [(rid, rep, occ) for rid, rep, occ in sorted(
+            {*first_seen, *((f"RouteScenario_{i}", rep, 0) for i in ids for rep in range(repetitions))},
+            key=lambda s: (_route_sort_key(s[0]), s[1], s[2]))]
         totals = sum(int((d["_checkpoint"].get("progress") or [0, 0])[1]) for _, d in loaded)
-        if totals > len(ids) * repetitions:
+        if totals > len(expected):
             _warn(warnings, f"the files' progress totals add up to {totals} route runs but only "
-                            f"{len(ids) * repetitions} route x repetition slots were seen; pass --routes to "
+                            f"{len(expected)} route x repetition slots were seen; pass --routes to "
                             f"count routes that no file mentions as missing")
     if benchmark is not None and benchmark not in PAPER_TABLE2:
         raise UserError(f"--benchmark must be one of {sorted(PAPER_TABLE2)}")
-    expected = [(f"RouteScenario_{i}", rep) for i in ids for rep in range(repetitions)]
 
     rows: list[dict[str, Any]] = []
-    kept: list[dict[str, Any]] = []  # effective records (crashed ones zeroed)
+    kept: list[tuple[tuple[int, int], dict[str, Any]]] = []  # ((file order, index), record)
     missing, failed, crashed, duplicates = [], [], [], []
-    for rid, rep in expected:
-        options = sorted(cands.get((rid, rep), []), key=lambda c: c[0])
+    for rid, rep, occ in expected:
+        options = sorted(cands.get((rid, rep, occ), []), key=lambda c: c[0])
+        slot = {"route_id": rid, "repetition": rep, **({"occurrence": occ} if occ else {})}
         if not options:
-            missing.append({"route_id": rid, "repetition": rep})
-            rows.append({"route_id": rid, "repetition": rep, "driving_score": 0.0, "route_completion": 0.0,
-                         "infraction_penalty": 0.0, "status": STATUS_MISSING})
+            missing.append(slot)
+            rows.append({**slot, "driving_score": 0.0, "route_completion": 0.0, "infraction_penalty": 0.0,
+                         "status": STATUS_MISSING})
             continue
-        _, path, rec = options[-1]
+        prio, path, rec = options[-1]
         if len(options) > 1:
-            duplicates.append({"route_id": rid, "repetition": rep, "kept": f"{path} (index {rec['index']})",
+            duplicates.append({**slot, "kept": f"{path} (index {rec['index']})",
                                "dropped": [f"{p} (index {r['index']}, {r['status']})"
                                            for _, p, r in options[:-1]]})
             _warn(warnings, f"{rid} repetition {rep} appears {len(options)} times; kept the one in {path}")
         sc = rec["scores"]
+        ds = scoring.driving_score(sc["score_route"], sc["score_penalty"])
+        if abs(sc["score_composed"] - ds) > 1e-3:
+            _warn(warnings, f"{rid} repetition {rep} in {path}: score_composed {sc['score_composed']} != "
+                            f"score_route x score_penalty")
         if scoring.is_simulation_crash(rec["status"]):
-            crashed.append({"route_id": rid, "repetition": rep, "status": rec["status"]})
-            eff = {**rec, "scores": {"score_route": 0.0, "score_penalty": 0.0, "score_composed": 0.0},
-                   "infractions": {}}
-        else:
-            ds = scoring.driving_score(sc["score_route"], sc["score_penalty"])
-            if abs(sc["score_composed"] - ds) > 1e-3:
-                _warn(warnings, f"{rid} repetition {rep} in {path}: score_composed {sc['score_composed']} != "
-                                f"score_route x score_penalty")
-            eff = rec
+            crashed.append({**slot, "status": rec["status"]})
         if rec["status"] != scoring.STATUS_COMPLETED:
-            failed.append({"route_id": rid, "repetition": rep, "status": rec["status"]})
-        kept.append(eff)
-        rows.append({"route_id": rid, "repetition": rep, "driving_score": eff["scores"]["score_composed"],
-                     "route_completion": eff["scores"]["score_route"],
-                     "infraction_penalty": eff["scores"]["score_penalty"], "status": rec["status"],
+            failed.append({**slot, "status": rec["status"]})
+        kept.append(((prio[1], rec["index"]), rec))
+        rows.append({**slot, "driving_score": sc["score_composed"], "route_completion": sc["score_route"],
+                     "infraction_penalty": sc["score_penalty"], "status": rec["status"],
                      "route_length_m": rec["meta"].get("route_length", 0.0),
                      "infractions": {k: len(rec["infractions"].get(k, ())) for k in scoring.INFRACTION_KEYS}})
 
-    means = scoring.global_means(kept, len(expected)) if expected else {
-        "driving_score": 0.0, "route_completion": 0.0, "infraction_penalty": 0.0}
-    per_km, km = scoring.infractions_per_km(kept)
-    counts = scoring.infraction_counts(kept)
+    records = [r for _, r in sorted(kept, key=lambda t: t[0])]  # the evaluator's order: file, then index
+    glob = scoring.leaderboard_global_record(records, max(len(expected), 1), tree)
+    per_km, km = scoring.infractions_per_km(records)
+    counts = scoring.infraction_counts(records)
     per_km["total"] = sum(counts.values()) / km if km > 0 else None
     return {
         "label": label, "source": source, "source_label": "; ".join(source_labels),
         "is_carla": source == CARLA_SOURCE, "benchmark": benchmark,
         "files": [str(f) for f in files], "routes_file": str(routes_file) if routes_file else None,
         "repetitions": repetitions, "sensors": sensors,
-        **means,
+        "leaderboard_tree": tree, "leaderboard_tree_chosen": tree_how,
+        "leaderboard_commit": scoring.LEADERBOARD_COMMITS[tree],
+        "driving_score": glob["scores"]["score_composed"], "route_completion": glob["scores"]["score_route"],
+        "infraction_penalty": glob["scores"]["score_penalty"],
+        "scores_std_dev": glob["scores_std_dev"], "status": glob["status"],
+        "exceptions": glob["meta"].get("exceptions", []),
+        "global_record": glob,
         "num_routes_expected": len(expected), "num_routes_found": len(expected) - len(missing),
         "missing_routes": missing, "failed_routes": failed, "crashed_routes": crashed,
         "duplicates": duplicates,
-        "infraction_counts": counts, "infractions_per_km": per_km, "km_driven": km,
+        "infraction_counts": counts,
+        "leaderboard_infractions_per_km": glob["infractions"],
+        "leaderboard_infractions_per_km_rule": LB_PER_KM_RULE[tree],
+        "infractions_per_km": per_km, "km_driven": km,
         "infractions_per_km_rule": PER_KM_RULE,
         "routes": rows,
         "paper_table2": [{"name": n, "driving_score": ds, "route_completion": rc}
@@ -239,6 +284,17 @@ def source_banner(rep: dict[str, Any]) -> str:
             f"the paper's Table 2.**")
 
 
+def _occ(slot: dict[str, Any]) -> str:
+    """" (listed #2)" for the second slot of a route listed twice in one route file, else ""."""
+    n = int(slot.get("occurrence", 0))
+    return f" (listed #{n + 1})" if n else ""
+
+
+def _num(x: Any) -> float | None:
+    """A std dev as a number (the leaderboard writes the string "NaN" for a single route)."""
+    return None if isinstance(x, str) else float(x)
+
+
 def _f(x: float | None, nd: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
@@ -254,26 +310,33 @@ def render_markdown(rep: dict[str, Any]) -> str:
         L.append(f"| {p['name']} | {_f(p['driving_score'])} | {_f(p['route_completion'])} | | |")
     if rep["paper_table2"]:
         L += ["", "Paper rows: VLM-AD Table 2, CARLA 0.9.10.1."]
+    std = rep["scores_std_dev"]
     L += ["", f"Means over {rep['num_routes_expected']} route x repetition slots (repetitions: "
-          f"{rep['repetitions']}); missing slots count as 0; crashed routes count as failures with 0.", ""]
-    L += ["## Infractions", "", f"Km driven: {rep['km_driven']:.3f}. Rule: {rep['infractions_per_km_rule']}.",
-          "",
-          "| infraction | count | per km |", "|---|---|---|"]
+          f"{rep['repetitions']}); missing slots count as 0; crashed routes keep what was measured up to the "
+          f"crash. Scored like leaderboard `{rep['leaderboard_tree']}` ({rep['leaderboard_commit'][:7]}, "
+          f"{rep['leaderboard_tree_chosen']}). Std dev: DS {_f(_num(std['score_composed']))}, RC "
+          f"{_f(_num(std['score_route']))}, penalty {_f(_num(std['score_penalty']), 3)}. "
+          f"Status: {rep['status']}.", ""]
+    L += ["## Infractions", "", f"Km driven: {rep['km_driven']:.3f}.",
+          f"Leaderboard per km: {rep['leaderboard_infractions_per_km_rule']}.",
+          f"Project per km: {rep['infractions_per_km_rule']}.", "",
+          "| infraction | count | leaderboard per km | project per km |", "|---|---|---|---|"]
     for k in scoring.INFRACTION_KEYS:
         L.append(f"| {scoring.INFRACTION_LABELS[k]} | {rep['infraction_counts'][k]} | "
+                 f"{_f(rep['leaderboard_infractions_per_km'][k], 3)} | "
                  f"{_f(rep['infractions_per_km'][k], 3)} |")
     total = sum(rep["infraction_counts"].values())
-    L.append(f"| all | {total} | {_f(rep['infractions_per_km']['total'], 3)} |")
+    L.append(f"| all | {total} | | {_f(rep['infractions_per_km']['total'], 3)} |")
     L += ["", "## Routes", "", "| route | rep | DS | RC | penalty | status |", "|---|---|---|---|---|---|"]
     for r in rep["routes"]:
-        L.append(f"| {r['route_id']} | {r['repetition']} | {_f(r['driving_score'])} | "
+        L.append(f"| {r['route_id']}{_occ(r)} | {r['repetition']} | {_f(r['driving_score'])} | "
                  f"{_f(r['route_completion'])} | {_f(r['infraction_penalty'], 3)} | {r['status']} |")
     for title, key in (("Missing routes", "missing_routes"), ("Failed routes", "failed_routes"),
-                       ("Crashed routes (counted as failures with 0)", "crashed_routes")):
+                       ("Crashed routes (kept as measured up to the crash)", "crashed_routes")):
         items = rep[key]
         L += ["", f"## {title}: {len(items)}"]
-        L += [f"- {i['route_id']} rep {i['repetition']}" + (f": {i['status']}" if "status" in i else "")
-              for i in items]
+        L += [f"- {i['route_id']}{_occ(i)} rep {i['repetition']}"
+              + (f": {i['status']}" if "status" in i else "") for i in items]
     if rep["duplicates"]:
         L += ["", f"## Duplicates: {len(rep['duplicates'])} (kept one per the rule in docs/closed_loop.md)"]
         L += [f"- {d['route_id']} rep {d['repetition']}: kept {d['kept']}; dropped {', '.join(d['dropped'])}"
@@ -328,9 +391,10 @@ def write_plots(rep: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 def write_report(files: list[str | Path], json_path: str | Path, md_path: str | Path,
                  plots_dir: str | Path | None = None, routes_file: str | Path | None = None,
-                 repetitions: int = 1, label: str = "", benchmark: str | None = None) -> Path:
+                 repetitions: int = 1, label: str = "", benchmark: str | None = None,
+                 tree: str = "auto") -> Path:
     """Build the report and write JSON, markdown and (optionally) plots; returns the JSON path."""
-    rep = build_report(files, routes_file, repetitions, label, benchmark)
+    rep = build_report(files, routes_file, repetitions, label, benchmark, tree)
     if plots_dir is not None:
         rep["plots"] = [str(p) for p in write_plots(rep, plots_dir)]
     atomic_write_json(json_path, rep)
@@ -451,8 +515,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="", help="name of the checkpoint / run shown in the report")
     p.add_argument("--benchmark", choices=sorted(PAPER_TABLE2), default=None,
                    help="which Table 2 rows to show (default: inferred from --routes)")
+    p.add_argument("--leaderboard-tree", choices=TREE_CHOICES, default="auto",
+                   help="whose global_record rules to apply: stable (8956c4e, what setup_carla.sh "
+                        "installs) or leaderboard-1.0 (2165f5e; skips RC-0 routes in the per-km figures, "
+                        "adds totals to meta); default auto = the tree that wrote the files, else stable")
     a = p.parse_args(argv)
-    path = write_report(a.results, a.json, a.markdown, a.plots, a.routes, a.repetitions, a.label, a.benchmark)
+    path = write_report(a.results, a.json, a.markdown, a.plots, a.routes, a.repetitions, a.label, a.benchmark,
+                        a.leaderboard_tree)
     rep = json.loads(Path(path).read_text())
     print(f"{source_banner(rep)}\nDS {rep['driving_score']:.2f}  RC {rep['route_completion']:.2f}  "
           f"penalty {rep['infraction_penalty']:.3f}  routes {rep['num_routes_found']}/"

@@ -3,15 +3,21 @@
 Everything that writes or reads CARLA-leaderboard-style results (the launcher, the report, the offline
 world) goes through this module, so the penalty factors, infraction names, status strings and JSON keys
 exist exactly once. They follow carla-simulator/leaderboard 1.0 (`leaderboard/utils/statistics_manager.py`,
-`leaderboard_evaluator.py`, `utils/checkpoint_tools.py`, the version that ships `vehicle_blocked`) and the
-messages of scenario_runner's `atomic_criteria.py`:
+`leaderboard_evaluator.py`, `utils/checkpoint_tools.py`) at the pinned commits `LEADERBOARD_COMMITS` (branch
+`stable` 8956c4e, the tree `carla_eval/setup_carla.sh` installs and the project scores like by default, and
+branch `leaderboard-1.0`) with scenario_runner `SCENARIO_RUNNER_COMMIT`, and the messages of scenario_runner's
+`atomic_criteria.py`:
 
 - per route: infraction penalty = product of a factor per infraction (pedestrian 0.50, vehicle 0.60,
   static/layout 0.65, red light 0.70, stop sign 0.80) times (1 - p/100) per off-road event covering p %
   of the completed route; route deviation, agent blocked and timeout end the route with no factor;
   driving score DS = RC x penalty (RC in 0-100, penalty in 0-1);
-- status: "Completed" when the target was reached, else "Failed" or "Failed - <reason>" (reasons below);
-- global: arithmetic means over routes x repetitions, missing ones in the denominator.
+- status: "Completed" only with the route-completed event (the target was reached), never merely because
+  RC reached 100; else "Failed" or "Failed - <reason>" (reasons below);
+- global (`leaderboard_global_record`): arithmetic means over routes x repetitions, missing ones in the
+  denominator; sample standard deviations; infractions per km summed per route, where the two trees
+  differ (`stable` floors a route's km at 1 m, so an RC-0 route with an infraction adds 1000 / km;
+  `leaderboard-1.0` skips RC-0 routes and adds `total_length` / `duration_*` to the global `meta`).
 
 A results file looks like (key names exactly as the leaderboard writes them)::
 
@@ -37,6 +43,33 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+# ---- pinned trees ------------------------------------------------------------------------------------
+
+# The leaderboard 1.0 trees whose scoring this module reproduces; setup_carla.sh installs DEFAULT_TREE.
+LEADERBOARD_COMMITS: dict[str, str] = {
+    "stable": "8956c4e0c53bfa24e2bd0ccb1a5269ce47770a57",  # Jan 2021, "Added standard deviation ..."
+    "leaderboard-1.0": "2165f5e4a53be8e96c501fa39965800489b1a0a5",  # 2023 head, 10 commits after stable
+}
+SCENARIO_RUNNER_COMMIT = "95366ad"  # branch `leaderboard`, the scenario_runner both trees run with
+DEFAULT_TREE = "stable"
+TREES: tuple[str, ...] = tuple(LEADERBOARD_COMMITS)
+
+
+def check_tree(tree: str) -> str:
+    """`tree` if it is one of TREES, else ValueError naming the valid ones."""
+    if tree not in LEADERBOARD_COMMITS:
+        raise ValueError(f"unknown leaderboard tree {tree!r}; valid: {list(TREES)}")
+    return tree
+
+
+def detect_tree(global_record: dict[str, Any] | None) -> str | None:
+    """Which tree wrote a results file's `global_record`: `leaderboard-1.0` adds `meta.total_length`,
+    `stable` never does; None when the record is empty (nothing to tell from)."""
+    if not global_record or "scores" not in global_record:
+        return None
+    return "leaderboard-1.0" if "total_length" in (global_record.get("meta") or {}) else "stable"
+
 
 # ---- infraction names, factors, statuses (leaderboard 1.0) ------------------------------------------
 
@@ -219,14 +252,15 @@ def _as_message(key: str, entry: Any) -> str:
 def make_route_record(route_id: str | int, index: int, route_completion: float,
                       infractions: dict[str, list] | None = None, route_length: float = 0.0,
                       duration_system: float = -1.0, duration_game: float = -1.0,
-                      target_reached: bool | None = None, failure: str = "",
+                      target_reached: bool = False, failure: str = "",
                       extra_meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """One leaderboard route record.
 
     route_id: "RouteScenario_<id>" as the leaderboard names it (an int id is turned into that form).
     index: position in the evaluator's list = route position x repetitions + repetition.
     route_completion: 0-100. route_length: metres of the planned route (`meta.route_length`).
-    target_reached: default RC >= 100. failure: crash reason such as REASON_SIMULATION_CRASHED.
+    target_reached: the route-completed event fired (status "Completed"); RC 100 alone is not enough,
+    as in the leaderboard. failure: crash reason such as REASON_SIMULATION_CRASHED.
     extra_meta: merged into `meta` (e.g. {"source": "offline_world"}).
     """
     rc = float(route_completion)
@@ -235,8 +269,6 @@ def make_route_record(route_id: str | int, index: int, route_completion: float,
     raw = {**empty_infractions(), **(infractions or {})}
     penalty = route_penalty(raw)  # from the raw entries: unrounded off-road percentages, as the leaderboard
     infr = {k: [_as_message(k, e) for e in raw[k]] for k in INFRACTION_KEYS}
-    if target_reached is None:
-        target_reached = rc >= 100.0
     if isinstance(route_id, int):
         route_id = f"RouteScenario_{route_id}"
     meta = {"duration_system": float(duration_system), "duration_game": float(duration_game),
@@ -276,11 +308,9 @@ def infraction_counts(records: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def infractions_per_km(records: Sequence[dict[str, Any]]) -> tuple[dict[str, float | None], float]:
-    """Per type: total count / total km driven (sum over routes of RC/100 x route km).
-
-    This is this project's stated rule (DESIGN.md section 8). The leaderboard's own `global_record`
-    instead sums count/km per route (floor 1 m) without averaging; see docs/closed_loop.md. Returns
-    ({type: per-km or None when nothing was driven}, total km)."""
+    """The PROJECT's per-km figure: per type, total count / total km driven (sum over routes of RC/100 x
+    route length). Not the leaderboard's (see `leaderboard_global_record`, which sums count/km per route);
+    the report shows both, each named. Returns ({type: per-km or None when nothing was driven}, km)."""
     km = sum(km_driven(r) for r in records)
     counts = infraction_counts(records)
     return {k: (c / km if km > 0 else None) for k, c in counts.items()}, km
@@ -299,35 +329,83 @@ def global_means(records: Sequence[dict[str, Any]], total: int) -> dict[str, flo
     }
 
 
-def leaderboard_global_record(records: Sequence[dict[str, Any]], total: int) -> dict[str, Any]:
-    """`_checkpoint.global_record` exactly as leaderboard 1.0 computes it (including its per-km sum and
-    the sample standard deviation over the records present)."""
-    scores = {"score_composed": 0.0, "score_penalty": 0.0, "score_route": 0.0}
-    infr = dict.fromkeys(INFRACTION_KEYS, 0.0)
+def leaderboard_per_km(records: Sequence[dict[str, Any]], tree: str = DEFAULT_TREE) -> dict[str, float]:
+    """`global_record.infractions` of `tree`: the sum over routes of count / km driven on that route.
+
+    stable: km floored at 0.001 (1 m), so an RC-0 route with one infraction adds 1000 per km;
+    leaderboard-1.0: routes with RC 0 are skipped ("the vehicle hasn't moved")."""
+    check_tree(tree)
+    out = dict.fromkeys(INFRACTION_KEYS, 0.0)
+    for r in records:
+        rc = float(r["scores"]["score_route"])
+        km = rc / 100 * float(r["meta"].get("route_length", 0.0)) / 1000.0
+        if tree == "leaderboard-1.0":
+            if rc == 0:
+                continue
+        else:
+            km = max(km, 0.001)
+        if km <= 0:  # RC > 0 on a 0 m route: the real code divides by zero here; count nothing instead
+            continue
+        for k in INFRACTION_KEYS:
+            out[k] += len(r["infractions"].get(k, ())) / km
+    return out
+
+
+def leaderboard_global_record(records: Sequence[dict[str, Any]], total: int,
+                              tree: str = DEFAULT_TREE) -> dict[str, Any]:
+    """`_checkpoint.global_record` as `tree`'s `compute_global_statistics(total)` computes it from `records`
+    (in index order): means over `total`, sample std devs (sum over the records present of the squared
+    deviation from that mean, / (total - 1); "NaN" when total == 1), per-km as `leaderboard_per_km`,
+    status / exceptions, and for leaderboard-1.0 the summed `total_length` / `duration_*` in `meta`.
+
+    One deliberate difference: the real code tests `status is not 'Completed'` (identity), which after a
+    `--resume` lists Completed records read back from the file as exceptions and fails the status; here
+    the comparison is by value (docs/closed_loop.md)."""
+    check_tree(tree)
+    keys = ("score_composed", "score_penalty", "score_route")
+    scores = dict.fromkeys(keys, 0.0)
     meta: dict[str, Any] = {}
+    if tree == "leaderboard-1.0":
+        meta = {"duration_game": 0.0, "duration_system": 0.0, "total_length": 0.0}
     status = STATUS_COMPLETED
     for r in records:
-        for k in scores:
+        for k in keys:
             scores[k] += float(r["scores"][k])
-        km = max(float(r["scores"]["score_route"]) / 100 * float(r["meta"].get("route_length", 0.0)) / 1000.0,
-                 0.001)
-        for k in INFRACTION_KEYS:
-            infr[k] += len(r["infractions"].get(k, ())) / km
+        if tree == "leaderboard-1.0":
+            meta["total_length"] += float(r["meta"].get("route_length", 0.0))
+            meta["duration_game"] += float(r["meta"].get("duration_game", 0.0))
+            meta["duration_system"] += float(r["meta"].get("duration_system", 0.0))
         if r["status"] != STATUS_COMPLETED:
             status = STATUS_FAILED
             meta.setdefault("exceptions", []).append([r["route_id"], r["index"], r["status"]])
-    std: dict[str, Any] = dict.fromkeys(scores, 0.0)
+    std: dict[str, Any] = dict.fromkeys(keys, 0.0)
     if records:
-        for k in scores:
+        for k in keys:
             scores[k] /= float(total)
         if total == 1:
-            std = dict.fromkeys(scores, "NaN")
+            std = dict.fromkeys(keys, "NaN")
         else:
-            for k in scores:
+            for k in keys:
                 sq = sum((float(r["scores"][k]) - scores[k]) ** 2 for r in records)
                 std[k] = math.sqrt(sq / (total - 1))
-    return {"index": -1, "infractions": infr, "meta": meta, "route_id": -1, "scores": scores,
-            "scores_std_dev": std, "status": status}
+    return {"index": -1, "infractions": leaderboard_per_km(records, tree), "meta": meta, "route_id": -1,
+            "scores": scores, "scores_std_dev": std, "status": status}
+
+
+def give_up_record(route_id: str, index: int, route_length: float, crashes: int,
+                   duration_system: float, duration_game: float) -> dict[str, Any]:
+    """The launcher's record for a route whose simulation crashed `crashes` (= --max-crashes) times: the ONE
+    place that writes zero scores for a crash (the evaluator's own "Simulation crashed" records keep what
+    was measured up to the crash). route_length: along the route's keypoints, as the leaderboard's
+    `compute_route_length`; durations: what the tries measured (seconds), never the -1 placeholder."""
+    if route_length <= 0 or duration_system < 0 or duration_game < 0:
+        raise ValueError(f"give-up record for {route_id} needs a positive route length and measured "
+                         f"durations, got {route_length}, {duration_system}, {duration_game}")
+    rec = make_route_record(route_id, index, 0.0, route_length=route_length, duration_system=duration_system,
+                            duration_game=duration_game, failure=REASON_SIMULATION_CRASHED,
+                            extra_meta={"crashes": int(crashes), "marked_by": "carla_eval.launcher"})
+    rec["scores"]["score_penalty"] = 0.0  # zero DS, RC and penalty: the route counts as lost
+    return rec
 
 
 def entry_status(records: Sequence[dict[str, Any]], progress: Sequence[int], total: int) -> tuple[str, bool]:
@@ -341,20 +419,21 @@ def entry_status(records: Sequence[dict[str, Any]], progress: Sequence[int], tot
 
 def make_results_file(records: Sequence[dict[str, Any]], progress: Sequence[int] | None = None,
                       sensors: Sequence[str] = (), source: str | None = None, label: str | None = None,
-                      meta: dict[str, Any] | None = None) -> dict[str, Any]:
+                      meta: dict[str, Any] | None = None, tree: str = DEFAULT_TREE) -> dict[str, Any]:
     """A complete results file (what `--checkpoint` holds after the evaluator finished).
 
     records: route records (see `make_route_record`), index order. progress: [next_index, total]; default
     [len(records), len(records)]. sensors: sensor *types* ("sensor.camera.rgb") or icons ("carla_camera").
     source/label: required for anything not produced by a CARLA server, e.g. source="offline_world",
     label="offline world (no CARLA)"; written under the top-level `meta` that the report displays.
+    tree: whose `global_record` rules to apply (TREES).
     """
     records = sorted((dict(r) for r in records), key=lambda r: int(r["index"]))
     if progress is None:
         progress = [len(records), len(records)]
     progress = [int(progress[0]), int(progress[1])]
     total = progress[1]
-    glob = leaderboard_global_record(records, max(total, 1))
+    glob = leaderboard_global_record(records, max(total, 1), tree)
     values = [f"{glob['scores'][k]:.3f}" for k in ("score_composed", "score_route", "score_penalty")]
     values += [f"{glob['infractions'][k]:.3f}" for k in INFRACTION_KEYS]
     status, eligible = entry_status(records, progress, total)

@@ -9,9 +9,16 @@ A route file is the leaderboard 1.0 format::
       </route>
     </routes>
 
-Waypoints are sparse keypoints; the leaderboard densifies them with CARLA's global route planner, so
-`Route.length_m` (straight lines between keypoints) is a lower bound of the driven length. It is only
-used to balance shards; reports take the true length from the evaluator's `meta.route_length`.
+As the leaderboard's `RouteParser` (stable 8956c4e / leaderboard-1.0) reads it:
+- `x`, `y` and `z` are required on every waypoint (the real parser raises KeyError on a missing `z`; here
+  it is a clear error); `pitch` / `roll` / `yaw` are optional (the real parser ignores them);
+- several `<weather>` elements are MERGED into one weather, later attributes overriding earlier ones
+  (`Route.weather`); with none, the leaderboard uses sun_altitude_angle 70, cloudiness 30
+  (`DEFAULT_WEATHER`).
+
+Waypoints are sparse keypoints; the leaderboard densifies them with CARLA's global route planner for
+driving, but its `meta.route_length` (`compute_route_length`) is the 3-D length along these keypoints,
+which is exactly `Route.length_m`. It balances shards and is the length of the launcher's give-up record.
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ from vlmad.errors import UserError
 from vlmad.io import atomic_write_bytes
 
 WAYPOINT_KEYS = ("x", "y", "z", "pitch", "roll", "yaw")
+REQUIRED_WAYPOINT_KEYS = ("x", "y", "z")
+# The <weather> attributes leaderboard 1.0's RouteParser.parse_weather reads (others are ignored there).
+WEATHER_KEYS = ("cloudiness", "precipitation", "precipitation_deposits", "wind_intensity",
+                "sun_azimuth_angle", "sun_altitude_angle", "wetness", "fog_distance", "fog_density",
+                "fog_falloff")
+DEFAULT_WEATHER = {"sun_altitude_angle": 70.0, "cloudiness": 30.0}  # no <weather>: the leaderboard's default
 
 
 @dataclass
@@ -48,9 +61,22 @@ class Route:
 
     @property
     def length_m(self) -> float:
-        """Sum of straight distances between consecutive keypoints (metres)."""
+        """Sum of straight 3-D distances between consecutive keypoints (metres): the leaderboard's
+        `compute_route_length`, i.e. the `meta.route_length` its records carry."""
         wps = self.waypoints
         return sum(math.dist((a.x, a.y, a.z), (b.x, b.y, b.z)) for a, b in zip(wps, wps[1:]))
+
+    @property
+    def weather(self) -> dict[str, float]:
+        """The one weather the leaderboard applies: every <weather> element merged in file order (later
+        attributes win), only the attributes it reads; DEFAULT_WEATHER when there is none (attributes not
+        named keep CARLA's `WeatherParameters()` defaults)."""
+        if not self.weathers:
+            return dict(DEFAULT_WEATHER)
+        merged: dict[str, float] = {}
+        for w in self.weathers:
+            merged.update({k: v for k, v in w.items() if k in WEATHER_KEYS})
+        return merged
 
     @property
     def name(self) -> str:
@@ -100,8 +126,8 @@ def parse_routes(path: str | Path) -> list[Route]:
         town = el.attrib.get("town", "").strip()
         if not town:
             raise UserError(f"{where}: missing town attribute")
-        wps = [Waypoint(*(_float(w, k, where, None if k in ("x", "y") else 0.0) for k in WAYPOINT_KEYS))
-               for w in el.iter("waypoint")]
+        wps = [Waypoint(*(_float(w, k, where, None if k in REQUIRED_WAYPOINT_KEYS else 0.0)
+                          for k in WAYPOINT_KEYS)) for w in el.iter("waypoint")]
         if len(wps) < 2:
             raise UserError(f"{where}: a route needs at least 2 waypoints, found {len(wps)}")
         weathers = [{k: _float(w, k, where) for k in w.attrib} for w in el.iter("weather")]

@@ -85,7 +85,8 @@ EVALUATOR = textwrap.dedent("""
 
     def finish(index, rid, completion, failure=""):
         recs[index:] = [scoring.make_route_record("RouteScenario_" + rid, index, completion,
-                                                  route_length=100.0, failure=failure)]
+                                                  route_length=100.0, failure=failure,
+                                                  target_reached=completion >= 100.0 and not failure)]
         data["_checkpoint"]["progress"] = [index + 1, total]
         save(data)
 

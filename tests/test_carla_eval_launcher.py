@@ -1,5 +1,6 @@
 """Launcher logic with stand-in executables: a TCP 'server' and an evaluator that mimics leaderboard 1.0
-(results file, progress, --resume, "Failed - Simulation crashed" + exit -1) and crashes or hangs on demand."""
+(results file, progress, --resume, "Failed - Simulation crashed" + exit -1, "Failed - Agent couldn't be
+set up" + exit 0 when the agent's setup raises) and crashes or hangs on demand."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ STAND_IN_EVALUATOR = textwrap.dedent("""
     import xml.etree.ElementTree as ET
     from carla_eval import scoring
     p = argparse.ArgumentParser()
-    for a in ("--port", "--routes", "--repetitions", "--checkpoint", "--resume", "--plan"):
+    for a in ("--port", "--routes", "--repetitions", "--checkpoint", "--resume", "--plan", "--agent"):
         p.add_argument(a)
     a = p.parse_args()
     plan = json.load(open(a.plan))
@@ -69,6 +70,20 @@ STAND_IN_EVALUATOR = textwrap.dedent("""
                 "sensors": [], "values": []}
         save(data)
     socket.create_connection(("127.0.0.1", int(a.port)), timeout=2).close()  # the server must answer
+    if plan.get("setup_error"):
+        # leaderboard 1.0 on a bad checkpoint: print the agent's error, record every route, exit 0
+        for index in range(data["_checkpoint"]["progress"][0], total):
+            print("\\n\\033[91mCould not set up the required agent:")
+            print("> {}\\033[0m\\n".format(plan["setup_error"]))
+            print("Traceback (most recent call last):\\n  ...")
+            rec = scoring.make_route_record(f"RouteScenario_{ids[index // R]}", index, 0.0,
+                                            route_length=1000.0, duration_system=0.0, duration_game=0.0,
+                                            failure=scoring.REASON_AGENT_SETUP)
+            data["_checkpoint"]["records"][index:] = [rec]
+            data["_checkpoint"]["progress"] = [index + 1, total]
+            save(data)
+        save(scoring.make_results_file(data["_checkpoint"]["records"], [total, total], data["sensors"]))
+        sys.exit(0)
     if plan.get("hang"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         with open(plan["calls"], "a") as f:
@@ -83,12 +98,14 @@ STAND_IN_EVALUATOR = textwrap.dedent("""
         if n < plan["crash"].get(rid, 0):
             open(counter, "w").write(str(n + 1))
             rec = scoring.make_route_record(f"RouteScenario_{rid}", index, 40.0, route_length=1000.0,
+                                            duration_system=5.0, duration_game=7.5,
                                             failure=scoring.REASON_SIMULATION_CRASHED)
             recs[index:] = [rec]
             save(data)
             sys.exit(-1)  # leaderboard 1.0 after "Simulation crashed"; progress is not advanced
         infr = {"collisions_vehicle": ["hit"]} if rid in plan.get("collide", []) else {}
-        rec = scoring.make_route_record(f"RouteScenario_{rid}", index, 100.0, infr, route_length=1000.0)
+        rec = scoring.make_route_record(f"RouteScenario_{rid}", index, 100.0, infr, route_length=1000.0,
+                                        target_reached=True)
         recs[index:] = [rec]
         data["_checkpoint"]["progress"] = [index + 1, total]
         save(data)
@@ -132,6 +149,7 @@ def _setup(
     crash: dict[str, int] | None = None,
     hang: bool = False,
     collide: list[str] | None = None,
+    setup_error: str = "",
     **kw,
 ) -> launcher.EvalConfig:
     routes = parse_routes(ref / "routes_town05_short.xml")[:n_routes]
@@ -143,12 +161,14 @@ def _setup(
         "crash": crash or {},
         "hang": hang,
         "collide": collide or [],
+        "setup_error": setup_error,
         "state": str(tmp_path / "state"),
         "calls": str(tmp_path / "calls.jsonl"),
     }
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     fake_carla = tmp_path / "carla"
     fake_carla.mkdir()
+    kw.setdefault("check_checkpoint", False)  # "ckpt" is no checkpoint: the stand-ins never load it
     return launcher.EvalConfig(
         routes=str(route_file),
         out=str(tmp_path / "out"),
@@ -247,6 +267,93 @@ def test_route_crashing_k_times_is_failed_not_missing(tmp_path, shared_reference
     results = json.loads((tmp_path / "out" / "shard_0" / "results.json").read_text())
     assert results["_checkpoint"]["progress"] == [3, 3]
     assert results["entry_status"] == scoring.ENTRY_FINISHED
+    # the give-up record is the one with zeros, a real route length and measured durations
+    routes = parse_routes(tmp_path / "routes.xml")
+    for rec in results["_checkpoint"]["records"][1:]:
+        assert rec["scores"] == {"score_composed": 0.0, "score_penalty": 0.0, "score_route": 0.0}
+        assert rec["meta"]["marked_by"] == "carla_eval.launcher" and rec["meta"]["crashes"] == 2
+        length = routes[rec["index"]].length_m
+        assert length > 10 and rec["meta"]["route_length"] == pytest.approx(length)
+        assert rec["meta"]["duration_system"] > 0 and rec["meta"]["duration_game"] == 7.5
+
+
+def test_give_up_record_takes_the_measured_wall_time(tmp_path, shared_reference):
+    _setup(tmp_path, shared_reference, n_routes=1, servers=1)
+    data = {"_checkpoint": {"progress": [0, 1], "records": []}}
+    route = parse_routes(tmp_path / "routes.xml")[0]
+    rec = scoring.make_route_record(route.name, 0, 40.0, route_length=1000.0, duration_system=5.0,
+                                    duration_game=7.5, failure=scoring.REASON_SIMULATION_CRASHED)
+    data["_checkpoint"]["records"].append(rec)
+    out = tmp_path / "r.json"
+    launcher.mark_route_failed(out, data, 0, route, 1, 1, wall_s=3.25)
+    got = json.loads(out.read_text())["_checkpoint"]["records"][0]
+    assert got["meta"]["duration_system"] == 3.25
+    assert got["meta"]["route_length"] == pytest.approx(route.length_m)
+    assert got["meta"]["duration_game"] == 7.5 and got["scores"]["score_route"] == 0.0
+
+
+def test_checkpoint_preflight_loads_a_good_one_and_skips_unknown_agents(tmp_path):
+    from scripts.export_agent import main as export_main
+
+    export_main(["--random-init", "--config", "vad_nano", "--out", str(tmp_path / "nano")])
+    good = launcher.EvalConfig(checkpoint=str(tmp_path / "nano"))
+    assert launcher.preflight_checkpoint(good) is True
+    # other agents: their loader is unknown, nothing is checked; the switch turns the check off
+    for other in ({"agent": "/x/other.py"}, {"check_checkpoint": False}):
+        assert launcher.preflight_checkpoint(launcher.EvalConfig(checkpoint="nope", **other)) is False
+    with pytest.raises(UserError, match="checkpoint check failed"):
+        launcher.preflight_checkpoint(launcher.EvalConfig(checkpoint=str(tmp_path / "nope")))
+
+
+def _run_sh(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(ROOT / "carla_eval" / "run_evaluation.sh"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def _sh_args(cfg: launcher.EvalConfig) -> list[str]:
+    import shlex
+
+    return ["--routes", cfg.routes, "--out", cfg.out, "--carla-root", cfg.carla_root,
+            "--port-base", str(cfg.port_base), "--timeout", "20", "--server-check", "tcp",
+            "--server-cmd", shlex.join(cfg.server_cmd), "--evaluator-cmd", shlex.join(cfg.evaluator_cmd)]
+
+
+def test_bad_checkpoint_fails_before_any_server_starts(tmp_path, shared_reference):
+    cfg = _setup(tmp_path, shared_reference, n_routes=2, servers=1)
+    broken = tmp_path / "broken_ckpt"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("{}\n")
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    for ckpt in (tmp_path / "no_such_ckpt", broken):
+        r = _run_sh([*_sh_args(cfg), "--checkpoint", str(ckpt)], cwd=tmp_path)
+        assert r.returncode != 0, r.stdout
+        assert "checkpoint check failed before starting any server" in r.stderr and str(ckpt) in r.stderr
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "server_log.txt").exists() and not (tmp_path / "calls.jsonl").exists()
+
+
+def test_all_routes_agent_setup_failed_is_an_error_with_the_agents_message(tmp_path, shared_reference):
+    """The real evaluator on a bad checkpoint records every route "couldn't be set up" and exits 0."""
+    msg = "checkpoint /x/y is corrupt: model.safetensors does not match"
+    cfg = _setup(tmp_path, shared_reference, n_routes=2, servers=1, setup_error=msg)
+    r = _run_sh([*_sh_args(cfg), "--checkpoint", "ckpt", "--no-check-checkpoint"], cwd=tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert "could not be set up on any of its 2 route(s)" in r.stderr and msg in r.stderr
+    assert "\x1b[" not in r.stderr and "Traceback" not in r.stderr
+    assert len(_calls(tmp_path)) == 1  # the evaluator exited 0: not retried as a crash
+
+
+def test_relative_agent_is_taken_from_the_project_root(tmp_path, shared_reference, monkeypatch):
+    cfg = _setup(tmp_path, shared_reference, n_routes=1, servers=1)
+    cfg = launcher.EvalConfig(**{**cfg.__dict__, "agent": "agent/vad_agent.py",
+                                 "evaluator_cmd": (*cfg.evaluator_cmd, "--agent={agent}")})
+    monkeypatch.chdir(tmp_path)  # not the project root
+    launcher.run(cfg)
+    assert _calls(tmp_path)[0]["argv"][-1] == f"--agent={ROOT / 'agent' / 'vad_agent.py'}"
+    assert launcher.agent_path("/abs/agent.py") == "/abs/agent.py"
+    assert launcher.agent_path("carla_eval.bridge.probe_agent") == "carla_eval.bridge.probe_agent"
+    with pytest.raises(UserError, match="project root"):
+        launcher.validate(launcher.EvalConfig(**{**cfg.__dict__, "agent": "agent/no_such_agent.py"}))
 
 
 def test_resume_continues_and_refuses_without_flag(tmp_path, shared_reference):
@@ -285,6 +392,7 @@ def test_ctrl_c_kills_every_child(tmp_path, shared_reference):
         "tcp",
         "--checkpoint",
         "ckpt",
+        "--no-check-checkpoint",
         "--server-cmd",
         " ".join(cfg.server_cmd),
         "--evaluator-cmd",
@@ -323,6 +431,7 @@ def test_no_server_bounded_wait_says_how_to_start_one(tmp_path, shared_reference
             str(shared_reference / "routes_town05_short.xml"),
             "--checkpoint",
             "x",
+            "--no-check-checkpoint",
             "--out",
             str(tmp_path / "out"),
             "--port-base",
@@ -419,3 +528,16 @@ def test_carla_check_rejects_a_port_that_is_not_carla(tmp_path):
         srv.wait()
         for line in (tmp_path / "log.txt").read_text().splitlines():
             os.kill(int(line.split("child=")[1]), signal.SIGKILL)
+
+
+def test_installed_tree_comes_from_the_lock_file(tmp_path):
+    (tmp_path / "leaderboard").mkdir()
+    assert launcher.installed_tree(str(tmp_path / "leaderboard")) == "stable"  # no lock: the default
+    (tmp_path / "versions.lock").write_text("# x\nleaderboard_tree leaderboard-1.0\nleaderboard abc URL\n")
+    assert launcher.installed_tree(str(tmp_path / "leaderboard")) == "leaderboard-1.0"
+    recs = [scoring.make_route_record(0, 0, 50.0, route_length=100.0)]
+    atomic = tmp_path / "r.json"
+    atomic.write_text(json.dumps(scoring.make_results_file(recs, [1, 1])))
+    launcher.finalize_results(atomic, 1, "leaderboard-1.0")
+    g = json.loads(atomic.read_text())["_checkpoint"]["global_record"]
+    assert scoring.detect_tree(g) == "leaderboard-1.0" and g["meta"]["total_length"] == 100.0

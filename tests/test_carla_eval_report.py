@@ -1,4 +1,5 @@
-"""Report on hand-made leaderboard results: shards, repetitions, partial, duplicated, crashed, missing."""
+"""Report on hand-made leaderboard results (shards, repetitions, partial, duplicated, crashed, missing) and on
+results files written by the real leaderboard's StatisticsManager (../shared/reference/leaderboard)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def _file(path, records, progress=None, sensors=("sensor.camera.rgb",) * 6, **kw
 
 
 def _rec(route, index, rc, infr=None, length=1000.0, failure=""):
-    return scoring.make_route_record(route, index, rc, infr or {}, route_length=length, failure=failure)
+    # the stand-in for the route-completed event: full RC without a failure
+    return scoring.make_route_record(route, index, rc, infr or {}, route_length=length, failure=failure,
+                                     target_reached=rc >= 100.0 and not failure)
 
 
 @pytest.fixture()
@@ -79,16 +82,18 @@ def test_missing_partial_and_crashed(tmp_path, four_routes):
     assert rep["crashed_routes"] == [
         {"route_id": "RouteScenario_1", "repetition": 0, "status": "Failed - Simulation crashed"}
     ]
-    assert rep["driving_score"] == pytest.approx(100 / 4)  # the crash counts 0, not its recorded 40
-    assert rep["route_completion"] == pytest.approx(100 / 4)
+    # the crash keeps what was measured up to it (RC 40), as the leaderboard does
+    assert rep["driving_score"] == pytest.approx((100 + 40) / 4)
+    assert rep["route_completion"] == pytest.approx((100 + 40) / 4)
     rows = {r["route_id"]: r for r in rep["routes"]}
     assert (
-        rows["RouteScenario_1"]["driving_score"] == 0
+        rows["RouteScenario_1"]["driving_score"] == 40.0
         and rows["RouteScenario_3"]["status"] == "Missing (no record)"
     )
+    assert "kept as measured up to the crash" in report.render_markdown(rep)
     # without --routes only the routes seen are expected, and the progress totals raise a warning
     rep2 = report.build_report([f], None)
-    assert rep2["num_routes_expected"] == 2 and rep2["driving_score"] == pytest.approx(50.0)
+    assert rep2["num_routes_expected"] == 2 and rep2["driving_score"] == pytest.approx(70.0)
     assert any("--routes" in w for w in rep2["warnings"])
 
 
@@ -241,3 +246,118 @@ def test_cli_writes_json_markdown_plots_and_compare(tmp_path, shared_reference):
     assert "not CARLA" in (tmp_path / "cmp.md").read_text()
     with pytest.raises(UserError, match="not a report"):
         report.main(["compare", str(f), "--markdown", str(tmp_path / "x.md")])
+
+
+# ---- the real leaderboard's results files --------------------------------------------------------------
+
+REF_FILES = {  # file -> the tree whose StatisticsManager wrote it (../shared/reference/leaderboard/README.md)
+    "lb-stable.results.json": "stable",
+    "lb-leaderboard-1.0.results.json": "leaderboard-1.0",
+    "short_lb-stable_12.results.json": "stable",
+}
+
+
+def _same(got, want, where=""):
+    """Equal structure; numbers to 1e-6 (relative above 1)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), (where, sorted(set(got) ^ set(want)))
+        for k in want:
+            _same(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _same(g, w, f"{where}[{i}]")
+    elif isinstance(want, (int, float)) and not isinstance(want, bool):
+        ok = isinstance(got, (int, float)) and abs(got - want) <= 1e-6 * max(1.0, abs(want))
+        assert ok, (where, got, want)
+    else:
+        assert got == want, (where, got, want)
+
+
+@pytest.fixture(scope="module")
+def lb_reference(shared_reference):
+    path = shared_reference / "leaderboard"
+    if not all((path / f).is_file() for f in REF_FILES):
+        pytest.skip("../shared/reference/leaderboard results files are not present")
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(REF_FILES))
+def test_report_reproduces_the_real_global_record(lb_reference, name):
+    path = lb_reference / name
+    real = json.loads(path.read_text())["_checkpoint"]["global_record"]
+    rep = report.build_report([path])  # auto: the tree is told by the file itself
+    assert rep["leaderboard_tree"] == REF_FILES[name] and rep["leaderboard_tree_chosen"] == "detected"
+    _same(rep["global_record"], real)
+    assert rep["driving_score"] == pytest.approx(real["scores"]["score_composed"], abs=1e-6)
+    assert rep["route_completion"] == pytest.approx(real["scores"]["score_route"], abs=1e-6)
+    assert rep["infraction_penalty"] == pytest.approx(real["scores"]["score_penalty"], abs=1e-6)
+    _same(rep["scores_std_dev"], real["scores_std_dev"])
+    _same(rep["leaderboard_infractions_per_km"], real["infractions"])
+    assert rep["status"] == real["status"] and rep["exceptions"] == real["meta"]["exceptions"]
+    # given explicitly, the same tree gives the same record
+    _same(report.build_report([path], tree=REF_FILES[name])["global_record"], real)
+    # all 12 slots found; both crashed slots listed, neither missing
+    assert rep["num_routes_expected"] == rep["num_routes_found"] == 12 and rep["missing_routes"] == []
+    assert [c["status"] for c in rep["crashed_routes"]] == ["Failed - Simulation crashed"] * 2
+    # the Long files list routes 16 and 17 twice: two slots each, as the evaluator ran them
+    twice = sorted(r["route_id"] for r in rep["routes"] if r.get("occurrence") == 1)
+    assert twice == (["RouteScenario_16", "RouteScenario_17"] if name.startswith("lb-") else [])
+
+
+def test_crashed_routes_keep_their_measured_values(lb_reference):
+    rep = report.build_report([lb_reference / "lb-stable.results.json"])
+    crashed = {c["route_id"] for c in rep["crashed_routes"]}
+    assert crashed == {"RouteScenario_21", "RouteScenario_23"}
+    rows = {r["route_id"]: r for r in rep["routes"] if r["route_id"] in crashed}
+    assert (rows["RouteScenario_21"]["route_completion"], rows["RouteScenario_21"]["infraction_penalty"]) == (
+        10.0, 0.6)  # mid-route crash: what was measured
+    assert (rows["RouteScenario_23"]["route_completion"], rows["RouteScenario_23"]["infraction_penalty"]) == (
+        0.0, 1.0)  # crash while loading
+    assert (round(rep["driving_score"], 3), round(rep["route_completion"], 3),
+            round(rep["infraction_penalty"], 3)) == (20.254, 31.442, 0.753)
+
+
+def test_the_two_trees_differ_only_in_per_km_and_meta(lb_reference):
+    path = lb_reference / "lb-stable.results.json"
+    stable = report.build_report([path], tree="stable")
+    lb10 = report.build_report([path], tree="leaderboard-1.0")
+    # RouteScenario_25: RC 0 with a vehicle collision: stable floors its km at 1 m, 1.0 skips it
+    per_km = [r["leaderboard_infractions_per_km"]["collisions_vehicle"] for r in (stable, lb10)]
+    assert per_km == pytest.approx([1020.7727386, 20.7727386], abs=1e-6)
+    assert stable["driving_score"] == lb10["driving_score"]
+    assert "total_length" in lb10["global_record"]["meta"]
+    assert "total_length" not in stable["global_record"]["meta"]
+    assert lb10["global_record"]["meta"]["total_length"] == pytest.approx(14234.24544092994)
+    # the project's own figure is named separately: total count / total km
+    recs = json.loads(path.read_text())["_checkpoint"]["records"]
+    km = sum(r["scores"]["score_route"] / 100 * r["meta"]["route_length"] / 1000 for r in recs)
+    n_vehicle = sum(len(r["infractions"]["collisions_vehicle"]) for r in recs)
+    assert stable["km_driven"] == pytest.approx(km)
+    assert stable["infractions_per_km"]["collisions_vehicle"] == pytest.approx(n_vehicle / km)
+    md = report.render_markdown(stable)
+    assert "leaderboard per km" in md and "project per km" in md and "8956c4e" in md
+
+
+def test_files_of_different_trees_need_an_explicit_tree(lb_reference, tmp_path):
+    a = lb_reference / "lb-stable.results.json"
+    b = lb_reference / "lb-leaderboard-1.0.results.json"
+    with pytest.raises(UserError, match="different leaderboard trees"):
+        report.build_report([a, b])
+    with pytest.raises(UserError, match="--leaderboard-tree"):
+        report.build_report([a], tree="master")
+    # a file the project wrote (no tree to tell from an empty global record) gets the default tree
+    f = _file(tmp_path / "own.json", [_rec(0, 0, 100.0)])
+    data = json.loads(f.read_text())
+    data["_checkpoint"]["global_record"] = {}
+    f.write_text(json.dumps(data))
+    assert report.build_report([f])["leaderboard_tree"] == scoring.DEFAULT_TREE == "stable"
+
+
+def test_cli_tree_switch(lb_reference, tmp_path):
+    out = tmp_path / "rep.json"
+    report.main([str(lb_reference / "lb-stable.results.json"), "--json", str(out), "--markdown",
+                 str(tmp_path / "rep.md"), "--leaderboard-tree", "leaderboard-1.0"])
+    rep = json.loads(out.read_text())
+    assert rep["leaderboard_tree"] == "leaderboard-1.0" and rep["leaderboard_tree_chosen"] == "given"
+    assert rep["leaderboard_infractions_per_km"]["collisions_vehicle"] == pytest.approx(20.7727386, abs=1e-6)

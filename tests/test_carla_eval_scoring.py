@@ -77,14 +77,16 @@ def test_route_record_layout_and_scores():
     assert rec["meta"] == {"duration_system": -1.0, "duration_game": 90.0, "route_length": 1500.0}
     assert rec["infractions"]["vehicle_blocked"] == ["Agent got blocked at (x=1.235, y=2.0, z=3.0)"]
     assert "(10.0% of the completed route)" in rec["infractions"]["outside_route_lanes"][0]
-    assert scoring.make_route_record(0, 0, 100.0)["status"] == "Completed"
+    # "Completed" needs the route-completed event (target_reached), not RC 100 (the reference file's slot 11)
+    assert scoring.make_route_record(0, 0, 100.0)["status"] == "Failed"
+    assert scoring.make_route_record(0, 0, 100.0, target_reached=True)["status"] == "Completed"
     with pytest.raises(ValueError):
         scoring.make_route_record(0, 0, 101.0)
 
 
 def test_results_file_layout_global_record_and_entry_status():
     recs = [
-        scoring.make_route_record(0, 0, 100.0, route_length=1000.0),
+        scoring.make_route_record(0, 0, 100.0, route_length=1000.0, target_reached=True),
         scoring.make_route_record(1, 1, 50.0, {"red_light": ["r"]}, route_length=2000.0),
     ]
     data = scoring.make_results_file(recs, [2, 2], sensors=["sensor.camera.rgb", "sensor.other.gnss"])
@@ -121,3 +123,53 @@ def test_global_means_and_infractions_per_km():
     assert scoring.infractions_per_km([])[0]["red_light"] is None
     with pytest.raises(ValueError):
         scoring.global_means(recs, total=1)
+
+
+def test_global_record_rules_per_tree():
+    recs = [
+        scoring.make_route_record(0, 0, 50.0, {"red_light": ["r"]}, route_length=2000.0, duration_system=3.0,
+                                  duration_game=4.0),
+        # RC 0 with an infraction: stable floors its km at 1 m (adds 1000 / km), leaderboard-1.0 skips it
+        scoring.make_route_record(1, 1, 0.0, {"collisions_vehicle": ["v"]}, route_length=500.0,
+                                  duration_system=1.0, duration_game=2.0),
+    ]
+    st = scoring.leaderboard_global_record(recs, 3, "stable")
+    lb = scoring.leaderboard_global_record(recs, 3, "leaderboard-1.0")
+    assert st["infractions"]["red_light"] == lb["infractions"]["red_light"] == pytest.approx(1.0)
+    assert st["infractions"]["collisions_vehicle"] == pytest.approx(1000.0)
+    assert lb["infractions"]["collisions_vehicle"] == 0.0
+    assert set(st["meta"]) == {"exceptions"}
+    assert lb["meta"]["total_length"] == 2500.0 and lb["meta"]["duration_system"] == 4.0
+    assert lb["meta"]["duration_game"] == 6.0
+    # sample std dev over the records present around the mean over all 3 slots (the missing one is not
+    # in the sum, as in compute_global_statistics)
+    mean = 50.0 * 0.7 / 3
+    want = ((50.0 * 0.7 - mean) ** 2 + (0.0 - mean) ** 2) / 2
+    assert st["scores_std_dev"]["score_composed"] == pytest.approx(want ** 0.5)
+    assert scoring.leaderboard_global_record(recs[:1], 1)["scores_std_dev"]["score_route"] == "NaN"
+    assert scoring.detect_tree(lb) == "leaderboard-1.0" and scoring.detect_tree(st) == "stable"
+    assert scoring.detect_tree({}) is None
+    with pytest.raises(ValueError, match="unknown leaderboard tree"):
+        scoring.leaderboard_global_record(recs, 3, "master")
+
+
+def test_give_up_record_is_the_one_with_zeros():
+    rec = scoring.give_up_record("RouteScenario_3", 2, 812.5, 3, duration_system=40.0, duration_game=12.0)
+    assert rec["scores"] == {"score_composed": 0.0, "score_penalty": 0.0, "score_route": 0.0}
+    assert rec["status"] == "Failed - Simulation crashed"
+    assert rec["meta"]["route_length"] == 812.5 and rec["meta"]["duration_system"] == 40.0
+    assert rec["meta"]["crashes"] == 3
+    for bad in ({"route_length": 0.0}, {"duration_system": -1.0}, {"duration_game": -1.0}):
+        args = {"route_length": 812.5, "duration_system": 40.0, "duration_game": 12.0, **bad}
+        with pytest.raises(ValueError):
+            scoring.give_up_record("RouteScenario_3", 2, crashes=3, **args)
+
+
+def test_completed_is_compared_by_value_not_identity():
+    # after a --resume the real code's `status is not 'Completed'` sees a string read back from JSON (not
+    # the interned literal) and lists the Completed record as an exception; here it is compared by value
+    rec = scoring.make_route_record(0, 0, 100.0, target_reached=True)
+    rec = json.loads(json.dumps(rec))
+    rec["status"] = "".join(["Comp", "leted"])  # equal, but a distinct object
+    g = scoring.leaderboard_global_record([rec], 1)
+    assert g["status"] == "Completed" and "exceptions" not in g["meta"]

@@ -79,28 +79,34 @@ def test_round_trip_without_original_elements(shared_reference, tmp_path):
     ]
 
 
+W0, W1 = "<waypoint x='0' y='0' z='0'/>", "<waypoint x='1' y='0' z='0'/>"
+W01 = W0 + W1
+
+
 @pytest.mark.parametrize(
     "text, match",
     [
-        ("<routes><route id='1' town='Town05'><waypoint x='0' y='0'/>", "well-formed"),
+        ("<routes><route id='1' town='Town05'>" + W0, "well-formed"),
         ("<routez/>", "expected <routes>"),
         ("<routes/>", "no <route>"),
         ("<routes><route town='Town05'/></routes>", "missing id"),
-        ("<routes><route id='1'><waypoint x='0' y='0'/><waypoint x='1' y='0'/></route></routes>", "town"),
-        ("<routes><route id='1' town='T'><waypoint x='0' y='0'/></route></routes>", "at least 2"),
+        ("<routes><route id='1'>" + W01 + "</route></routes>", "town"),
+        ("<routes><route id='1' town='T'>" + W0 + "</route></routes>", "at least 2"),
         (
-            "<routes><route id='1' town='T'><waypoint x='0' y='0'/>"
-            "<waypoint x='nan' y='0'/></route></routes>",
+            "<routes><route id='1' town='T'>" + W0 + "<waypoint x='nan' y='0' z='0'/></route></routes>",
             "not finite",
         ),
         (
-            "<routes><route id='1' town='T'><waypoint x='0' y='0'/><waypoint x='a' y='0'/></route></routes>",
+            "<routes><route id='1' town='T'>" + W0 + "<waypoint x='a' y='0' z='0'/></route></routes>",
             "not a number",
         ),
-        ("<routes><route id='1' town='T'><waypoint x='0'/><waypoint x='1' y='0'/></route></routes>", "'y'"),
+        ("<routes><route id='1' town='T'><waypoint x='0' z='0'/>" + W1 + "</route></routes>", "'y'"),
+        # a waypoint without z: a KeyError in the leaderboard's parser, a clear error here
+        ("<routes><route id='1' town='T'><waypoint x='0' y='0'/>" + W1 + "</route></routes>",
+         "no 'z' attribute"),
         (
-            "<routes><route id='1' town='T'><waypoint x='0' y='0'/><waypoint x='1' y='0'/></route>"
-            "<route id='1' town='T'><waypoint x='0' y='0'/><waypoint x='1' y='0'/></route></routes>",
+            "<routes><route id='1' town='T'>" + W01 + "</route>"
+            "<route id='1' town='T'>" + W01 + "</route></routes>",
             "duplicate",
         ),
     ],
@@ -166,3 +172,17 @@ def test_fetch_download_path_with_stub_opener(shared_reference, tmp_path):
 def test_routes_to_xml_is_deterministic(shared_reference):
     long = parse_routes(shared_reference / "routes_town05_long.xml")
     assert routes_to_xml(long) == routes_to_xml(long)
+
+
+def test_weather_elements_merge_like_the_leaderboard(tmp_path):
+    p = tmp_path / "w.xml"
+    p.write_text("<routes><route id='1' town='T'>"
+                 "<weather cloudiness='10' wetness='5'/><weather cloudiness='80' fog_density='3'/>"
+                 "<waypoint x='0' y='0' z='0'/><waypoint x='3' y='4' z='12'/></route>"
+                 "<route id='2' town='T'><waypoint x='0' y='0' z='0'/><waypoint x='1' y='0' z='0'/></route>"
+                 "</routes>")
+    r1, r2 = parse_routes(p)
+    # later attributes override earlier ones, the rest are kept (RouteParser.parse_weather)
+    assert r1.weather == {"cloudiness": 80.0, "wetness": 5.0, "fog_density": 3.0}
+    assert r2.weather == {"sun_altitude_angle": 70.0, "cloudiness": 30.0}  # the leaderboard's default
+    assert r1.length_m == pytest.approx(13.0)  # 3-D along the keypoints, as compute_route_length
