@@ -1,7 +1,7 @@
 """Plan -> steer / throttle / brake: the lateral and longitudinal PID of the public VAD CARLA agent.
 
 The planner outputs 6 ego positions at 0.5 s steps (ego frame: x forward, y left, metres). As in the
-public VAD / TransFuser leaderboard agents (DESIGN.md section 8):
+public VAD / TransFuser leaderboard agents (docs/facts.md section 8):
 - desired speed = mean spacing of consecutive plan points x 2 (points are 0.5 s apart);
 - steering aims at the plan point whose segment midpoint is nearest `aim_dist` (~4 m) ahead; the route
   target point is used instead when it needs less steering, or when the plan's last heading disagrees

@@ -1,6 +1,6 @@
 """Leaderboard `input_data` -> what the model and the controller need, with every check that can fail.
 
-input_data[id] = (frame, data) (DESIGN.md section 8): cameras BGRA uint8 (H, W, 4); "GPS" [lat, lon, alt];
+input_data[id] = (frame, data) (docs/facts.md section 8): cameras BGRA uint8 (H, W, 4); "GPS" [lat, lon, alt];
 "IMU" [acc x, y, z, gyro x, y, z, compass] in CARLA's left-handed axes (accelerometer with gravity,
 compass 0 = north, clockwise); "SPEED" {"speed": m/s}. `read_sensors` raises `SensorError` (one line,
 no traceback) for anything missing, malformed, non-finite or stale; the agent brakes on it.

@@ -1,6 +1,6 @@
 """ResNet-50 with torchvision-compatible parameter names, frozen stem + stage 1 and frozen BatchNorm.
 
-torchvision cannot be imported on this project's machines (DESIGN.md section 3), so the network is written
+torchvision cannot be imported on this project's machines (docs/facts.md section 3), so the network is written
 here with exactly torchvision's `resnet50` state-dict names (conv1, bn1, layer1..layer4 with
 `downsample.0/1`): `load_backbone_weights(model, "resnet50.pth")` loads an ImageNet checkpoint the user
 has. VAD's mmdet config: depth 50, frozen_stages=1, BatchNorm frozen (norm_eval), style "pytorch"

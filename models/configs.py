@@ -1,4 +1,4 @@
-"""VAD presets: `vad_tiny` and `vad_base` exactly as DESIGN.md section 6, the CARLA variant, and a test size.
+"""VAD presets: `vad_tiny` and `vad_base` as docs/facts.md section 6, the CARLA variant, and a test size.
 
 cfg = get_config("vad_base")                       # a fresh VADConfig
 cfg = build_config("vad_tiny", "my.yaml", ["dropout=0.0"])   # + YAML file + key=value overrides

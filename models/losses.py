@@ -1,5 +1,5 @@
 """VAD's loss: Hungarian matching and the detection / motion / map terms, plus `vad_losses`, which adds
-the planning terms (models.plan_losses) and weights everything as DESIGN.md section 6.
+the planning terms (models.plan_losses) and weights everything as docs/facts.md section 6.
 
 All coordinates metric in the ego frame (x forward, y left). Matching runs on the CPU with scipy's
 `linear_sum_assignment` (a few hundred queries x tens of targets per sample: negligible next to the

@@ -125,7 +125,7 @@ class VADConfig:
     col_lon_thresh: float = 3.0  # metres longitudinal (ego x)
     col_dis_thresh: float = 3.0  # metres; farther agents are ignored by the collision loss
     dir_dis_thresh: float = 2.0  # metres to the nearest divider for the direction loss
-    # ---- loss weights (DESIGN.md section 6) -----------------------------------------------------------
+    # ---- loss weights (docs/facts.md section 6) -----------------------------------------------------------
     w_det_cls: float = 2.0  # detection focal
     w_det_reg: float = 0.25  # detection L1 (box code)
     w_motion_reg: float = 0.2  # motion L1 of the best mode

@@ -1,4 +1,4 @@
-"""VLM-AD auxiliary heads and losses (Xu et al., CoRL 2025; DESIGN.md section 5). Training only.
+"""VLM-AD auxiliary heads and losses (Xu et al., CoRL 2025; docs/facts.md section 5). Training only.
 
 The heads read the planner's ego feature f_ego and nothing else; the driving model never calls them, so
 removing them (see `models.export`) leaves inference unchanged bit for bit.

@@ -34,7 +34,7 @@ from .metrics import (
     summarise,
 )
 
-# Named collision geometries. "design" is the project's definition (DESIGN.md section 7): the ego box is
+# Named collision geometries. "design" is the project's definition (docs/facts.md section 7): the ego box is
 # oriented along the plan. "vad-code" keeps it axis-aligned, as the released VAD / UniAD / ST-P3 code does.
 # Combined with --frame lidar (plans of the LIDAR_TOP position, VAD's convention) it is VAD's evaluation.
 GEOMETRIES = {"design": CollisionConfig(), "vad-code": CollisionConfig(heading="fixed")}

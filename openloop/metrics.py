@@ -45,7 +45,7 @@ CONVENTION_DOC = {
 
 @dataclass
 class CollisionConfig:
-    """Geometry of the collision test (defaults: DESIGN.md section 7)."""
+    """Geometry of the collision test (defaults: docs/facts.md section 7)."""
 
     grid_size: int = 200  # cells per side of the BEV occupancy grid
     resolution: float = 0.5  # metres per cell; grid covers +-grid_size*resolution/2 around the ego

@@ -30,7 +30,7 @@ from teacher.store import Annotation, AnnotationStore
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_bytes, atomic_write_text
 
-# The paper's nuScenes-train statistics (DESIGN.md section 5), printed beside ours.
+# The paper's nuScenes-train statistics (docs/facts.md section 5), printed beside ours.
 PAPER_MEAN_WORDS = {"current": 11.30, "future": 15.34, "reasoning": 35.85}
 PAPER_SHARES = {"control": ("go straight", 0.62), "turn": ("none", 0.894), "lane": ("none", 0.973)}
 TEXT_NAMES = {"current": "A_c (current action)", "future": "A_f (future action)",

@@ -1,4 +1,4 @@
-"""The teacher's questionnaires, verbatim from the VLM-AD paper (DESIGN.md section 5), and the label sets.
+"""The teacher's questionnaires, verbatim from the VLM-AD paper (docs/facts.md section 5), and the label sets.
 
 This is the only place the prompt text lives. `PROMPT_VERSION` is bumped by hand whenever the text or the
 way it is asked changes; `prompt_hash(name)` hashes the exact text sent, and both go into every cache key

@@ -1,4 +1,4 @@
-"""Frames, rig and command conventions (DESIGN.md section 4)."""
+"""Frames, rig and command conventions (docs/facts.md section 4)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_intrinsics_scale_with_image_size():
 def test_rig_camera_order_and_carla_sensor_convention():
     assert CARLA_RIG.camera_names == CAMERA_NAMES
     sensors = {s["id"]: s for s in CARLA_RIG.carla_sensors()}
-    # DESIGN.md section 8 in CARLA coordinates: FRONT_LEFT at y = -0.55, yaw -55; BACK_RIGHT y 0.55, yaw 110.
+    # docs/facts.md section 8 (CARLA frame): FRONT_LEFT at y = -0.55, yaw -55; BACK_RIGHT y 0.55, yaw 110.
     assert sensors["CAM_FRONT_LEFT"]["y"] == pytest.approx(-0.55) and sensors["CAM_FRONT_LEFT"]["yaw"] == -55
     assert sensors["CAM_BACK_RIGHT"]["y"] == pytest.approx(0.55) and sensors["CAM_BACK_RIGHT"]["yaw"] == 110
     assert sensors["CAM_BACK"]["fov"] == 110 and sensors["CAM_BACK"]["x"] == -2.0

@@ -2,7 +2,7 @@
 
     cfg = load_train_config(yaml_path="run.yaml", overrides=["lr=1e-4", "vlm_ad.enabled=true"])
 
-Defaults follow VAD's end-to-end recipe (DESIGN.md section 6): AdamW lr 2e-4 with the image backbone at
+Defaults follow VAD's end-to-end recipe (docs/facts.md section 6): AdamW lr 2e-4 with the image backbone at
 x0.1, weight decay 0.01, gradient clipping at 35, 500 linear warm-up iterations starting at lr / 3, then
 cosine to lr x 1e-3, 60 epochs. Batch size is per process (VAD: 1 per GPU on 8 GPUs).
 """

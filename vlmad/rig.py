@@ -142,7 +142,7 @@ def _carla_cam(name: str, x: float, y_right: float, yaw_cw: float, fov: float) -
     return CameraSpec(name=name, x=x, y=-y_right, z=1.60, yaw_deg=-yaw_cw, fov_deg=fov)
 
 
-# The CARLA rig of the public VAD CARLA agent (Bench2DriveZoo), DESIGN.md section 8.
+# The CARLA rig of the public VAD CARLA agent (Bench2DriveZoo), docs/facts.md section 8.
 CARLA_RIG = Rig(
     name="carla_vad",
     cameras=(
