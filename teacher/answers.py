@@ -1,7 +1,8 @@
 """Reading the teacher's answers: structured actions (P2) to canonical labels, freeform (P1) to A_c, A_f, A_r.
 
 `parse_structured` accepts what VLMs actually write: a JSON object (possibly in a code fence), "Label:
-value" lines, numbered answers ("1. go straight", "Q2-2: none", "(3) none", inline "1) .. 2) .. 3) .."),
+value" fields (one per line, or several on one line separated by ". ; | ,", with ":", "=" or " - "),
+numbered answers ("1. go straight", "Q2-2: none", "(3) none", inline "1) .. 2) .. 3) .."),
 or prose ("The ego vehicle goes straight with no turn and no lane change."). It applies the paper's merges
 ("turn slightly left" -> "turn left", "shift slightly to the right" -> "change lane to the right", ...),
 is case and punctuation insensitive, and never guesses: a part that names two different labels, a
@@ -51,7 +52,8 @@ _PATTERNS: dict[str, list[tuple[str, str]]] = {
         (r"\b(?:slight )?left turn\b", "turn left"),
         (r"\b(?:slight )?right turn\b", "turn right"),
         (rf"\b{_V['turn']} around\b|\bu turn\b|\buturn\b", "turn around"),
-        (r"\bno turn(?:s|ing)?\b|\bnot turning\b|\bno turn action\b", "none"),
+        (r"\bno turn(?:s|ing)?\b|\bnot turning\b|\bno turn action\b|"
+         r"\bturn(?:ing)? action (?:is |would be |will be |should be )?none\b", "none"),
     ],
     "lane": [
         (rf"\b{_V['change']} lanes? to the {_LEFT}\b|\blane change to the {_LEFT}\b|"
@@ -66,7 +68,8 @@ _PATTERNS: dict[str, list[tuple[str, str]]] = {
          "merge into the right lane"),
         (r"\bno lane (?:change|changes|action|actions|change action)\b|\bnot changing lanes?\b|"
          r"\bstays? in (?:its|the|the same|the current) lane\b|"
-         r"\bkeeps? (?:its|the|the same|the current) lane\b",
+         r"\bkeeps? (?:its|the|the same|the current) lane\b|"
+         r"\blane action (?:is |would be |will be |should be )?none\b",  # "its lane action is 'none'"
          "none"),
     ],
 }
@@ -178,6 +181,25 @@ def _clean_line(line: str) -> str:
     return re.sub(r"^[\s>*#`\-\u2022]+|[*`]+", "", line).strip()
 
 
+# An action field named inside a line: "Turn: ...", "turn action:None", "Lane action - none" (a dash with a
+# space after it; "->" is not a separator). Used to split "Control: a. Turn: b. Lane: c." on one line.
+_FIELD = re.compile(r"(?:^|(?<=[\s;|,.]))(?P<key>(?:control|turn|lane)(?:[ _]actions?)?(?:[ _]list)?)"
+                    r"\s*(?:[:=]|-(?=\s))\s*", re.I)
+
+
+def _split_fields(line: str) -> list[str]:
+    """One "key: value" line per action field of `line` when it names several fields or starts with one
+    ("Turn action - none;"); otherwise the line unchanged. Separators (; | , .) between fields are dropped."""
+    hits = list(_FIELD.finditer(line))
+    if not hits or (len(hits) < 2 and hits[0].start() != 0):
+        return [line]
+    out = [line[: hits[0].start()].strip(" ;|,")] if hits[0].start() > 0 else []
+    for m, nxt in zip(hits, hits[1:] + [None]):
+        val = line[m.end(): nxt.start() if nxt is not None else len(line)].strip().rstrip(";|,").strip()
+        out.append(f"{m.group('key')}: {val}")
+    return [x for x in out if x]
+
+
 def split_parts(text: str, kinds: tuple[str, ...], key_rx: dict[str, re.Pattern]) -> dict[str, str] | None:
     """Split an answer into one text part per kind using label lines or numbered answers.
 
@@ -188,6 +210,8 @@ def split_parts(text: str, kinds: tuple[str, ...], key_rx: dict[str, re.Pattern]
     parts: dict[str, list[str]] = {}
     lines = [_clean_line(x) for x in text.splitlines()]
     lines = [x for x in lines if x]
+    if kinds == ACTION_KINDS:  # "Control: go straight. Turn: none. Lane: none" on one line -> three lines
+        lines = [piece for x in lines for piece in _split_fields(x)]
     # One line holding "1) ... 2) ... 3) ..." -> three lines.
     if len(lines) == 1 and len(_INLINE_NUM.findall(lines[0])) >= 2:
         pieces = _INLINE_NUM.split(lines[0])

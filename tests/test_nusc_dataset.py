@@ -9,10 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nusc.dataset import (
-    CAFFE_MEAN_BGR,
     FEATURE_KEYS,
-    TORCHVISION_MEAN_RGB,
-    TORCHVISION_STD_RGB,
     DatasetConfig,
     NuScenesVADDataset,
     collate,
@@ -63,10 +60,12 @@ def test_normalisation_and_padding(data, mode):
         np.float32
     )
     got = item["img"][0, CAMERA_NAMES.index("CAM_FRONT_LEFT")].numpy()
-    if mode == "torchvision":  # RGB, (x - mean) / std
-        exp = (bgr[..., ::-1] - np.array(TORCHVISION_MEAN_RGB)) / np.array(TORCHVISION_STD_RGB)
-    else:  # BGR, x - mean, std 1
-        exp = bgr - np.array(CAFFE_MEAN_BGR)
+    # The conventions as literals (docs/models.md, docs/data_contract.md), not the module's constants, so a
+    # reversed mean or a swapped std in the code fails here.
+    if mode == "torchvision":  # RGB, (x - ImageNet mean x 255) / (ImageNet std x 255)
+        exp = (bgr[..., ::-1] - np.array([123.675, 116.28, 103.53])) / np.array([58.395, 57.12, 57.375])
+    else:  # caffe (released VAD weights): BGR, x - mean, std 1
+        exp = bgr - np.array([103.53, 116.28, 123.675])
     assert np.allclose(got[:, :90, :160].transpose(1, 2, 0), exp, atol=1e-4)
     assert np.all(got[:, 90:, :] == 0)  # bottom padding to 96
 
@@ -94,9 +93,9 @@ def test_img_from_ego_follows_the_rig_and_hits_the_lead_car(data):
         uv, _, ok = project_points(item["img_from_ego"][0, 0].double().numpy(), car[0][None, :3])
         assert ok[0]
         u, v = (int(round(x)) for x in uv[0])
-        rgb = item["img"][0, 0, :, v, u].numpy() * np.array(TORCHVISION_STD_RGB) + np.array(
-            TORCHVISION_MEAN_RGB
-        )
+        rgb = item["img"][0, 0, :, v, u].numpy() * np.array([58.395, 57.12, 57.375]) + np.array(
+            [123.675, 116.28, 103.53]
+        )  # undo torchvision normalisation (RGB, ImageNet mean / std x 255)
         assert rgb[0] > 150 and rgb[1] < 100 and rgb[2] < 100, rgb  # the renderer paints cars red
         hits += 1
     assert hits >= 2

@@ -75,8 +75,46 @@ def test_parse_structured(text, expected):
         assert value is None or value in ACTION_LABELS[kind]
 
 
-def test_enough_cases():
-    assert len(CASES) >= 30
+# Held-out prose answers, as servers without structured outputs (vLLM, Ollama, other OpenAI-compatible
+# ones) write Q2 when the JSON schema is not enforced. Labels: the paper's Q2 lists (docs/teacher.md).
+PROSE_HELD_OUT = [
+    # a field named without the word "action", several fields on one line
+    ("Control: Go straight. Turn: turn slightly left. Lane: none.", (GS, TL, "none")),
+    # "none" after a dash or before a semicolon or pipe
+    ("Control action - go straight; Turn action - none; Lane action - none;", (GS, "none", "none")),
+    ("control action:Move slowly | turn action:None | lane action:none", (MS, "none", "none")),
+    # the "none" label named in a sentence
+    ("The ego vehicle goes straight, it makes no turn, and its lane action is 'none'.", (GS, "none", "none")),
+    ("The ego vehicle is stopping for the red light; its turn action is none and its lane action is none.",
+     (ST, "none", "none")),
+    # once fields are labelled, unlabelled text is not read for the missing one: control stays missing
+    ("Based on the image, the ego vehicle will move slowly behind the truck. Turn action: none. "
+     "Lane action: none.", (N, "none", "none")),
+    ("Control action: go straight\nTurn action: none\nLane action: change lane to the right\n\n"
+     "Explanation: the right lane is free and the route turns right soon.", (GS, "none", CR)),
+    ("**Control**: Stop | **Turn**: none | **Lane**: none", (ST, "none", "none")),
+    ("Control = move slowly, Turn = turn right, Lane = none", (MS, TR, "none")),
+    ("The ego car should reverse out of the bay. It is not turning and keeps its lane.",
+     (RV, "none", "none")),
+    ("1. Go straight - the road is clear.\n2. none\n3. shift slightly to the left", (GS, "none", CL)),
+    ("The ego vehicle is making a U-turn at the junction.", (N, TA, N)),
+    ("Answer: control: go straight; turn: none; lane: merge into the left lane", (GS, "none", ML)),
+    # ambiguous or missing: stays missing
+    ("Control: go straight. Turn: left or right. Lane: none.", (GS, N, "none")),
+    ("Control action - stop; Turn action - ; Lane action - none", (ST, N, "none")),
+    ("control action:go straight | lane action:none", (GS, N, "none")),
+    ("The ego goes straight; its lane action is not 'none', it changes lanes.", (GS, N, N)),
+    ("Its lane action is 'none' or 'change lane to the left'. Control: go straight. Turn: none.",
+     (GS, "none", N)),
+    ("The car goes straight and none of the other cars turn.", (GS, N, N)),  # "none" of what? not read
+    ("Control - it depends on the light; Turn - none; Lane - none", (N, "none", "none")),
+]
+
+
+@pytest.mark.parametrize("text,expected", PROSE_HELD_OUT)
+def test_parse_prose_answers(text, expected):
+    got = parse_structured(text)
+    assert (got["control"], got["turn"], got["lane"]) == expected
 
 
 def test_freeform_split():

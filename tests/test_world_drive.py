@@ -13,7 +13,7 @@ from world.dynamics import EgoState, step_ego
 from world.expert import ExpertAgent
 from world.roadmap import RoadMap, RouteSpec, load_map, random_routes
 from world.runner import OfflineRunner
-from world.traffic import GREEN, RED
+from world.traffic import GREEN, RED, Pedestrian
 
 
 def _cfg(vehicles: int = 0) -> WorldConfig:
@@ -150,6 +150,52 @@ def test_driving_into_a_parked_vehicle_is_one_vehicle_collision(grid):
     assert hits[0].startswith("Agent collided against object with type=")
     assert rec["scores"]["score_penalty"] == pytest.approx(0.6)
     assert rec["status"] == "Failed - Agent got blocked"  # it cannot drive through the car
+
+
+def test_walking_into_a_standing_pedestrian_is_one_pedestrian_collision(grid):
+    straight, _, _ = _junction_routes(grid)
+    cfg = _cfg()
+    cfg.criteria.blocked_time_s = 4.0
+    planted = {}
+
+    def plant(world, route):
+        t = route[15][0]
+        # A pedestrian that waits at its kerb for ever, placed on the ego's lane (our frame: y = -CARLA y).
+        ped = Pedestrian(world.traffic.new_id(), 0, 0.0, 1, 0.0, wait=1e9, x=t.location.x, y=-t.location.y)
+        world.traffic.pedestrians.append(ped)
+        planted["id"] = ped.id
+
+    rec = OfflineRunner(grid, cfg).run_route(lambda: Reckless(), straight, 0, setup_world=plant)
+    hits = rec["infractions"]["collisions_pedestrian"]
+    assert len(hits) == 1 and f"type=walker.pedestrian and id={planted['id']} at (x=" in hits[0], hits
+    assert rec["infractions"]["collisions_vehicle"] == [] and rec["infractions"]["collisions_layout"] == []
+    assert rec["scores"]["score_penalty"] == pytest.approx(0.5)
+    assert rec["status"] == "Failed - Agent got blocked"  # the contact stops the car
+
+
+class OffTheRoad(Reckless):
+    """Follows the route for a second, then steers hard right, over the kerb and off the road."""
+
+    def run_step(self, input_data, timestamp):
+        control = super().run_step(input_data, timestamp)
+        if timestamp > 1.0:
+            control.steer, control.throttle, control.brake = 1.0, 0.5, 0.0
+        return control
+
+
+def test_leaving_the_road_is_one_layout_collision(grid):
+    straight, _, _ = _junction_routes(grid)
+    cfg = _cfg()
+    cfg.criteria.blocked_time_s = 3.0
+    rec = OfflineRunner(grid, cfg).run_route(lambda: OffTheRoad(), straight, 0)
+    hits = rec["infractions"]["collisions_layout"]
+    # The ego stays against the layout: one event (the same place is not counted again).
+    assert len(hits) == 1 and hits[0].startswith(
+        "Agent collided against object with type=static.roadside and id=0 at (x="
+    ), hits
+    assert not rec["infractions"]["collisions_pedestrian"] and not rec["infractions"]["collisions_vehicle"]
+    assert rec["scores"]["score_penalty"] == pytest.approx(0.65)
+    assert rec["status"] == "Failed - Agent got blocked"
 
 
 def test_running_a_red_light_is_detected(grid):

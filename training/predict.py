@@ -1,6 +1,6 @@
 """Run a trained model over a nuScenes-format dataset: plans (and VLM-AD action predictions) per keyframe.
 
-    plans = predict_plans("runs/vad_tiny", dataroot, version)              # {token: (6, 2) ego positions}
+    plans = predict("runs/vad_tiny", dataroot, version).plans              # {token: (6, 2) ego positions}
     res = predict("runs/vad_tiny/driving", dataroot, version, scenes=val)   # .plans, .actions, .info
 
 `model_or_ckpt` is a `VAD`, a `TrainModel`, or a path: a driving checkpoint folder (or a YAML naming
@@ -202,12 +202,6 @@ def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, 
             "config_name": m.cfg.name, "step": m.meta.get("step"),
             "trained_with_vlm_ad": bool(m.meta.get("trained_with_vlm_ad", m.aux is not None))}
     return Predictions(plans, actions, info)
-
-
-def predict_plans(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, version: str,
-                  **kwargs: Any) -> dict[str, np.ndarray]:
-    """{token: (6, 2) future ego positions} (see `predict` for the arguments)."""
-    return predict(model_or_ckpt, dataroot, version, **kwargs).plans
 
 
 def plans_to_json(plans: dict[str, np.ndarray]) -> dict[str, list[list[float]]]:

@@ -71,7 +71,6 @@ class CriteriaConfig:
     completion_distance_m: float = (
         10.0  # RouteCompletionTest: target reached within this distance (at > 99 %)
     )
-    layout_margin_m: float = 0.0  # extra distance past the last lane (sidewalk edge) before a layout hit
 
 
 @dataclass
