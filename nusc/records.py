@@ -313,6 +313,9 @@ def build_records(
             rec["ego_speed"] = float(rec["can_bus"][13])
             rec["ego_accel"] = float(rec["can_bus"][7])
             rec["privileged"] = privileged.get(s["token"])
+            route_cmd = (rec["privileged"] or {}).get("command")
+            if isinstance(route_cmd, int):  # the route's RoadOption command (Bench2Drive, CARLA collection)
+                rec["command"] = route_cmd
             records.append(rec)
             bar.update(1)
     bar.close()
