@@ -33,6 +33,8 @@ class AgentConfig:
 
     device: str = "auto"  # torch device of the model: "auto" (cuda when available, else cpu), "cpu", "cuda:0"
     autocast: bool = False  # bf16 autocast of the model on CUDA (faster on big GPUs); off = float32
+    compile: bool = False  # torch.compile the model forward (models.vad.compile_for_inference); the first
+    # model call compiles (tens of seconds to minutes), later ones reuse it. Off = eager PyTorch
     model_every: int = 1  # run the model every N ticks (20 Hz), 1..10; in between, the controller tracks the
     # last plan moved into the current ego frame by odometry. 1 = every tick (the public agents' choice)
     bev_history_ticks: int = 10  # age (ticks) of the previous BEV handed to the model: the newest stored

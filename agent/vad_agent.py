@@ -49,7 +49,7 @@ from agent.route import (
 )
 from agent.sensing import EgoReading, ImageInput, Odometry, SensorError, can_bus, read_sensors
 from models.export import load_driving_checkpoint
-from models.vad import BEVState
+from models.vad import BEVState, compile_for_inference
 from vlmad.commands import Command
 from vlmad.errors import UserError
 from vlmad.frames import invert_transform, relative_motion, transform_points
@@ -105,6 +105,8 @@ class VADAgent(AutonomousAgent):
         self.opts, folder = load_agent_options(path_to_conf_file)
         self.device = _device(self.opts.device)
         self.model, self.cfg, self.meta = load_driving_checkpoint(folder, self.device)
+        # the compiled module shares the weights; it is only ever called, never saved (None = eager)
+        self._compiled = compile_for_inference(self.model) if self.opts.compile else None
         self.checkpoint = folder
         rig = RIGS.get(self.opts.rig)
         if rig is None:
@@ -196,7 +198,7 @@ class VADAgent(AutonomousAgent):
                     log.info("debug video: %s (%d frames)", path, video.frames)
             except Exception as e:  # noqa: BLE001 - a video problem must not fail the route
                 log.warning("debug video could not be finished: %s", e)
-        self.model = None
+        self.model = self._compiled = None
         if hasattr(self, "_history"):
             self._history.clear()  # BEV states can hold GPU memory
         if torch.cuda.is_available():
@@ -339,7 +341,8 @@ class VADAgent(AutonomousAgent):
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.opts.autocast and dev.type == "cuda"
                else contextlib.nullcontext())
         with torch.inference_mode(), amp:
-            out, state = self.model(inputs, prev.state if prev is not None else None)
+            model = self._compiled if self._compiled is not None else self.model
+            out, state = model(inputs, prev.state if prev is not None else None)
         plan = out["plan"][0].float().cpu().numpy().astype(np.float64)  # (T, 2); the copy synchronises
         self.timing["model_ms"] = (time.perf_counter() - t1) * 1e3
         if not np.isfinite(plan).all():

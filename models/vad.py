@@ -580,3 +580,21 @@ class VAD(nn.Module):
             {"params": bb, "lr": lr * backbone_lr_mult, "weight_decay": weight_decay, "name": "backbone"},
             {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "rest"},
         ]
+
+
+def compile_for_inference(model: VAD, heads_only: bool = False, backend: str = "inductor") -> VAD:
+    """`torch.compile` a VAD for inference (eval mode, same call signature; the weights stay shared).
+
+    heads_only=False compiles the whole `forward`; TorchDynamo splits it where the BEV encoder needs the
+    host (the input finiteness check, the number of visible (query, camera) pairs in `pack_visible`, the
+    history rotation angles), so the encoder runs as a few graphs. heads_only=True compiles `decode` alone
+    with `fullgraph=True`: the heads have no data-dependent shapes (motion / planning lane selection and
+    the score thresholds are masks over fixed-size keys), so they are one graph, and any regression that
+    introduces a data-dependent shape there fails loudly at the first call. The first call compiles
+    (minutes on a small CPU, see docs/deploy.md); later calls with the same shapes reuse the graphs.
+    backend: torch.compile's backend ("inductor" generates kernels; "aot_eager" only traces, for tests)."""
+    model.eval()
+    if heads_only:
+        model.decode = torch.compile(model.decode, fullgraph=True, backend=backend)  # type: ignore[method-assign]
+        return model
+    return torch.compile(model, backend=backend)  # type: ignore[return-value]

@@ -2,13 +2,17 @@
 
     python -m scripts.bench_model --configs vad_nano vad_tiny --iters 10 --device cpu
     python -m scripts.bench_model --configs vad_base --device cuda --amp bf16 --iters 50 --train
+    python -m scripts.bench_model --configs vad_nano --compile     # + torch.compile, eager/compiled ratio
 
 Each config runs at its native image size on random inputs (models.dummy_batch) in eval mode, as the
 closed-loop agent calls it: one frame (Tq = 1) plus the previous BEV state. Latency is the median of
 `--iters` timed calls after `--warmup` calls; the stages (backbone + FPN, BEV encoder, heads) are timed
 separately, each on precomputed inputs of the stage before. `--train` also times one training step
 (forward over the config's temporal queue + loss + backward + AdamW). Weights are random: speed does not
-depend on them.
+depend on them. `--compile` also times the `torch.compile`d forward (models.vad.compile_for_inference) in
+the same run, on the same inputs, and prints its compile time, the largest output difference to eager
+and the eager / compiled latency ratio; `--cuda-graphs` (CUDA only) does the same with
+torch.compile's "reduce-overhead" mode, which replays CUDA graphs.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 
 from models.configs import PRESETS, get_config
 from models.dummy_batch import feature_inputs, make_dummy_batch
-from models.vad import VAD, BEVState
+from models.vad import VAD, BEVState, compile_for_inference
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json
 
@@ -103,8 +107,16 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def bench_config(
-    name: str, device: torch.device, iters: int, warmup: int, batch_size: int, amp: str, train: bool
+    name: str,
+    device: torch.device,
+    iters: int,
+    warmup: int,
+    batch_size: int,
+    amp: str,
+    train: bool,
+    compile_mode: str | None = None,
 ) -> dict:
+    """Time one config; compile_mode None (eager only), "default" or "reduce-overhead" (CUDA graphs)."""
     cfg = get_config(name)
     torch.manual_seed(0)
     model = VAD(cfg).to(device)
@@ -174,6 +186,8 @@ def bench_config(
         "stage_ms": {"backbone+fpn": t_bb, "bev_encoder": t_bev, "heads": t_heads},
         "params": counts,
     }
+    if compile_mode is not None:
+        res["compiled"] = _bench_compiled(model, inputs, state, ac, iters, warmup, device, compile_mode)
     if train:
         model.train()
         tb = _to(make_dummy_batch(cfg, batch_size=batch_size), device)
@@ -196,6 +210,54 @@ def bench_config(
     return res
 
 
+def _bench_compiled(
+    model: VAD,
+    inputs: dict,
+    state: BEVState,
+    ac,
+    iters: int,
+    warmup: int,
+    device: torch.device,
+    mode: str,
+) -> dict:
+    """The compiled forward on the same model and inputs: compile time, latency, max |diff| to eager."""
+    cmodel = compile_for_inference(model) if mode == "default" else torch.compile(model, mode=mode)
+    with torch.inference_mode(), ac():
+        ref, _ = model(inputs, state)
+        t0 = time.perf_counter()
+        got, _ = cmodel(inputs, state)  # the first call compiles
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+    keys = ("plan_all", "det_logits", "det_code", "motion_offsets", "map_pts", "bev")
+    diff = max((got[k].float() - ref[k].float()).abs().max().item() for k in keys)
+
+    def fwd(m):
+        def call():
+            with torch.inference_mode(), ac():
+                m(inputs, state)
+
+        return call
+
+    # eager and compiled alternate call by call, so load from other processes hits both alike and the
+    # ratio stays meaningful on a shared machine (the absolute numbers may not)
+    _reset_peak(device)
+    _time(fwd(cmodel), 0, warmup, device)
+    eager, comp = [], []
+    for _ in range(iters):
+        eager += _time(fwd(model), 1, 0, device)
+        comp += _time(fwd(cmodel), 1, 0, device)
+    med = statistics.median(comp)
+    return {
+        "mode": mode,
+        "compile_s": compile_s,
+        "latency_ms_median": med,
+        "eager_ms_median_interleaved": statistics.median(eager),
+        "peak_mem_mib": _peak_mib(device),
+        "max_abs_diff": diff,
+        "speedup": statistics.median(eager) / med,
+    }
+
+
 def _print(res: dict) -> None:
     p = res["params"]
     s = res["stage_ms"]
@@ -211,6 +273,14 @@ def _print(res: dict) -> None:
         f"stages: backbone+fpn {s['backbone+fpn']:.1f} ms, BEV encoder {s['bev_encoder']:.1f} ms, "
         f"heads {s['heads']:.1f} ms"
     )
+    if "compiled" in res:
+        c = res["compiled"]
+        print(
+            f"compiled ({c['mode']}): compile {c['compile_s']:.1f} s, latency median "
+            f"{c['latency_ms_median']:.1f} ms vs eager {c['eager_ms_median_interleaved']:.1f} ms "
+            f"(alternating calls), max |diff| to eager {c['max_abs_diff']:.2e}, "
+            f"speed-up eager/compiled {c['speedup']:.2f}x"
+        )
     if "train_step_ms_median" in res:
         print(
             f"train step (queue {res['train_queue']}, loss, backward, AdamW): "
@@ -228,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=1, help="samples per forward call")
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     ap.add_argument("--train", action="store_true", help="also time a training step")
+    ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd forward")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="also time torch.compile mode='reduce-overhead' (CUDA graphs; CUDA only)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
@@ -236,6 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if args.cuda_graphs and device.type != "cuda":
+        raise UserError("--cuda-graphs needs --device cuda (CUDA graphs do not exist on CPU)")
+    if args.compile and args.cuda_graphs:
+        raise UserError("pick one of --compile and --cuda-graphs per run")
+    mode = "default" if args.compile else "reduce-overhead" if args.cuda_graphs else None
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -247,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU: {torch.get_num_threads()} torch threads; torch {torch.__version__}")
     results = []
     for name in args.configs:
-        res = bench_config(name, device, args.iters, args.warmup, args.batch, args.amp, args.train)
+        res = bench_config(name, device, args.iters, args.warmup, args.batch, args.amp, args.train, mode)
         _print(res)
         results.append(res)
         sys.stdout.flush()
