@@ -1,6 +1,6 @@
 """The main job on the embedded defaults: the whole VLM-AD pipeline, end to end, on this machine.
 
-    bash scripts/run_main.sh                 # installs, then runs this (about 8 minutes on 2 cores)
+    bash scripts/run_main.sh                 # installs, then runs this (about 12 minutes on 2 cores)
     python -m scripts.main --out runs/main   # the same, in an existing environment
     python -m scripts.main --smoke           # a 1-2 minute version (what the test suite runs)
 
@@ -39,7 +39,7 @@ from vlmad.errors import UserError, cli_main
 
 @dataclass
 class MainConfig:
-    """Sizes of the main job. Defaults take about 8 minutes on a 2-core CPU (the issue asks for under 15)."""
+    """Sizes of the main job. Defaults take about 12 minutes on a 2-core CPU (the issue asks for under 15)."""
 
     out: str = "runs/main"  # everything goes below this folder
     town: str = "VlmadGrid"  # offline-world map: the project's generated grid town
