@@ -1,7 +1,7 @@
 """End to end: the README's main job (`scripts.main --smoke`) on the embedded defaults.
 
-Collect -> index -> rule-teacher annotations -> MiniLM features -> train VAD and VAD + VLM-AD (test size)
--> open-loop tables -> offline-world driving -> driving-score comparison, each through the real CLI.
+Collect -> index -> rule-teacher annotations -> MiniLM features -> expert drive -> per variant and seed:
+train (test size), open-loop evaluation, offline-world drive, score -> one table, each through the real CLI.
 """
 
 from __future__ import annotations
@@ -25,33 +25,41 @@ def smoke_run(tmp_path_factory):
     return out, proc.stdout
 
 
-def test_main_job_produces_both_tables_with_honest_labels(smoke_run):
+def test_main_job_produces_the_table_with_honest_labels(smoke_run):
     out, stdout = smoke_run
-    table = (out / "openloop_table.md").read_text()
-    for row in ("| VAD (vad_nano) |", "| VAD + VLM-AD (vad_nano) |"):
-        assert table.count(row) == 2  # one row per metric convention
+    table = (out / "table.md").read_text()
+    for row in ("| VAD |", "| VAD + VLM-AD (Q1+Q2) |"):
+        assert table.count(row) == 3  # one row per metric convention and one closed-loop row
     assert "VAD / ST-P3 convention" in table and "UniAD convention" in table
-    for tag in ("vad", "vlmad"):
-        metrics = json.loads((out / f"openloop_{tag}.json").read_text())
+    assert "one seed, no spread: 1 seed (0)" in table  # the smoke run has one seed and says so
+    assert "| expert (privileged) |" in table and "not CARLA" in table
+    for variant in ("vad", "vad_vlm-ad_q1_q2"):
+        metrics = json.loads((out / "runs" / variant / "seed_0" / "openloop.json").read_text())
         assert metrics["num_samples"] > 0
         assert set(metrics["vad"]["l2"]) == {"1s", "2s", "3s", "avg"}
-    closed = (out / "closedloop_table.md").read_text()
-    assert closed.count("offline_world (not CARLA)") == 3  # expert, VAD, VAD + VLM-AD
+        report = json.loads((out / "runs" / variant / "seed_0" / "closedloop_report.json").read_text())
+        assert report["source"] == "offline_world" and report["is_carla"] is False
     assert "not a VLM" in stdout and "not CARLA" in stdout and "test size" in stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["baseline"] == "VAD" and res["seeds"] == [0]
+    assert (out / "seeds.png").stat().st_size > 1000
     # The VLM-AD run really trained the heads; the exported driving checkpoint has none of them.
-    summary = json.loads((out / "train_vlmad" / "summary.json").read_text())
+    run = out / "runs" / "vad_vlm-ad_q1_q2" / "seed_0"
+    summary = json.loads((run / "summary.json").read_text())
     assert any(k.startswith("vlm") for k in summary["final_losses"])
     from safetensors import safe_open
 
-    with safe_open(str(out / "train_vlmad" / "driving" / "model.safetensors"), "pt") as f:
+    with safe_open(str(run / "driving" / "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if k.startswith("aux")]
 
 
 def test_main_job_rerun_resumes_without_redoing_work(smoke_run):
     out, _ = smoke_run
-    before = (out / "train_vad" / "summary.json").stat().st_mtime
+    summary = out / "runs" / "vad" / "seed_0" / "summary.json"
+    before = summary.stat().st_mtime
     proc = subprocess.run([sys.executable, "-m", "scripts.main", "--smoke", "--out", str(out)],
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[collect]" in proc.stdout and "skipped" in proc.stdout
-    assert (out / "train_vad" / "summary.json").stat().st_mtime == before  # not retrained
+    assert "[train_vad_s0]" in proc.stdout and "[drive_vad_s0]" in proc.stdout
+    assert summary.stat().st_mtime == before  # not retrained

@@ -22,7 +22,8 @@ from nusc.infos import build_or_load_infos
 from nusc.writer import RecordedDrive, write_nuscenes
 from scripts.export_agent import main as export_main
 from training.data import dataset_config
-from world.collect import CAN_EVERY, KEYFRAME_EVERY, dataset_rig, record_frame
+from vlmad.commands import Command, command_from_future
+from world.collect import KEYFRAME_EVERY, DriveRecorder, agent_route_planner, dataset_rig
 from world.config import WorldConfig
 from world.expert import ExpertAgent
 from world.roadmap import load_map, random_routes
@@ -68,7 +69,8 @@ class Passenger:
         self.vad.destroy()
 
 
-def _drive_pairs(root, img_norm: str) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
+def _drive_pairs(root, img_norm: str, route_seed: int = 0,
+                 keyframes: int = KEYFRAMES) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
     """(model, [(agent inputs, dataset features)] per keyframe), paired by simulation time."""
     # as training exports it: the CARLA-only inputs (goal point, traffic light) off (training.config)
     export_main(["--random-init", "--config", "vad_nano", "--set", "use_goal_point=false", "--set",
@@ -80,20 +82,16 @@ def _drive_pairs(root, img_norm: str) -> tuple[torch.nn.Module, list[tuple[dict,
     cfg.image_width, cfg.image_height = IMG_W, IMG_H
     cfg.traffic.num_vehicles = cfg.traffic.num_pedestrians = 0
     runner = OfflineRunner(rmap, cfg, 0)
-    spec = random_routes(rmap, 1, np.random.default_rng(0), 40, 80)[0]  # a straight route
+    # route seed 0: a straight route; seed 1: a right turn 12 m after the start
+    spec = random_routes(rmap, 1, np.random.default_rng(route_seed), 40, 80)[0]
     rig = dataset_rig(cfg)
     calls: dict[float, dict] = {}
-    frames, step = [], {"n": 0}
-
-    def hook(view) -> None:  # world.collect's recording schedule: CAN bus at 10 Hz, keyframes at 2 Hz
-        step["n"] += 1
-        if step["n"] % CAN_EVERY == 0:
-            frames.append(record_frame(runner, view.world, rig, BASE_US, step["n"] % KEYFRAME_EVERY == 0))
-
+    # world.collect's recording schedule (CAN bus at 10 Hz, keyframes at 2 Hz) and route command
+    recorder = DriveRecorder(runner, rig, BASE_US, agent_route_planner(rmap, spec))
     agent_yaml = str(root / "agent.yaml")
-    runner.run_route(lambda: Passenger(agent_yaml, cfg.expert, calls), spec, 0, on_step=hook,
-                     max_steps=KEYFRAMES * KEYFRAME_EVERY + 1)  # +1: the agent sees the last keyframe's state
-    write_nuscenes(root / "ds", "v1.0-mini", [RecordedDrive("scene-0001", rmap.name, rig, frames)])
+    runner.run_route(lambda: Passenger(agent_yaml, cfg.expert, calls), spec, 0, on_step=recorder,
+                     max_steps=keyframes * KEYFRAME_EVERY + 1)  # +1: the agent sees the last keyframe's state
+    write_nuscenes(root / "ds", "v1.0-mini", [RecordedDrive("scene-0001", rmap.name, rig, recorder.frames)])
     infos = build_or_load_infos(root / "ds", "v1.0-mini", progress=False)
     model = VADAgent(agent_yaml).model
     ds = NuScenesVADDataset(infos, root / "ds", dataset_config(model.cfg, infos), with_targets=False)
@@ -101,8 +99,8 @@ def _drive_pairs(root, img_norm: str) -> tuple[torch.nn.Module, list[tuple[dict,
     for i, rec in enumerate(infos):
         t = round((rec["timestamp"] - BASE_US) * 1e-6, 3)
         assert t in calls, f"no agent model call at keyframe time {t} (calls at {sorted(calls)[:5]}...)"
-        out.append((calls[t], ds[i]))
-    assert len(out) == KEYFRAMES
+        out.append((calls[t], {**ds[i], "record": rec}))  # the record: ground truth for the tests
+    assert len(out) == keyframes
     assert model.cfg.img_norm == img_norm
     return model, out
 
@@ -117,6 +115,12 @@ def pairs(tmp_path_factory) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
 def caffe_pairs(tmp_path_factory) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
     """Pairs of a model normalised as the released VAD weights (caffe: BGR, mean only)."""
     return _drive_pairs(tmp_path_factory.mktemp("parity_caffe"), "caffe")
+
+
+@pytest.fixture(scope="module")
+def turn_pairs(tmp_path_factory) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
+    """Pairs on a route that turns right 12 m after its start."""
+    return _drive_pairs(tmp_path_factory.mktemp("parity_turn"), "torchvision", route_seed=1, keyframes=6)
 
 
 def _last(item: dict, key: str) -> np.ndarray:
@@ -149,6 +153,18 @@ def test_motion_history_and_command_parity(pairs):
         if bool(data["prev_valid"][-1]):
             np.testing.assert_allclose(agent["cur_from_prev"][0, 0].double().numpy(),
                                        _last(data, "cur_from_prev"), atol=0.05)
+
+
+def test_route_command_parity_on_a_turn(turn_pairs):
+    """Before a turn the agent's command (the route's RoadOption) is RIGHT while the ego's 3 s future is still
+    straight: the dataset must store the agent's command, not the future-derived one (nuScenes' rule)."""
+    _, items = turn_pairs
+    agent_cmds = [int(agent["command"][0]) for agent, _ in items]
+    assert agent_cmds == [int(data["command"]) for _, data in items]
+    assert Command.RIGHT in agent_cmds
+    from_future = [int(command_from_future(data["record"]["ego_fut"], data["record"]["ego_fut_mask"]))
+                   for _, data in items]
+    assert from_future != agent_cmds, "the route does not separate the two rules: the test checks nothing"
 
 
 def test_image_and_projection_parity(pairs):

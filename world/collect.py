@@ -8,6 +8,12 @@ drives are written through `nusc.writer.write_nuscenes` with the town's map poly
 Collection resumes: each finished drive is cached as `<out>.parts/drive_NNNN.npz` (written atomically),
 so an interrupted run restarts at the first missing drive; the dataset is written at the end in one
 atomic move, and the cache is removed.
+
+The driving command stored with each keyframe (`privileged["command"]`) is the one the deployed agent
+computes at that moment: the leaderboard's downsampled plan followed by the agent's own route planner
+(agent.route), its RoadOption mapped to VAD's mode. A command derived from the future path (nuScenes'
+convention) disagrees with it on curved lane-follow roads, and the planner then learns one mode and is
+asked for another at drive time (docs/data_contract.md).
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.options import AgentConfig
+from agent.route import RoutePlanner, planner_from_world_plan
 from nusc.writer import AgentBox, DriveFrame, RecordedDrive
 from vlmad.io import atomic_write_bytes
 from vlmad.rig import CARLA_RIG, Rig
 from world.config import LABEL, SOURCE, WorldConfig
 from world.expert import ExpertAgent
-from world.roadmap import RoadMap, random_routes
+from world.roadmap import RoadMap, RouteSpec, downsample_route, interpolate_trajectory, random_routes
 from world.runner import OfflineRunner, StepView
 from world.sensors import specific_force
 from world.sim import OfflineWorld
@@ -34,6 +42,16 @@ KEYFRAME_EVERY = 10  # 20 Hz steps per keyframe (2 Hz)
 CAN_EVERY = 2  # steps per CAN-bus frame (10 Hz)
 BOX_RANGE_M = 60.0  # annotate actors within this distance of the ego
 BASE_TIME_US = 1_600_000_000_000_000  # timestamps start here (+ 1000 s per drive)
+LEADERBOARD_SAMPLE_M = 50  # AutonomousAgent.set_global_plan's downsample_route(route, 50) (leaderboard 1.0)
+
+
+def agent_route_planner(rmap: RoadMap, spec: RouteSpec) -> RoutePlanner:
+    """The route planner the deployed agent builds for `spec`: the dense leaderboard route, downsampled as
+    the leaderboard's agent base class does, then agent.route's planner with the agent's default radii."""
+    _, route = interpolate_trajectory(rmap.planner, spec.locations())
+    plan = [route[i] for i in downsample_route(route, LEADERBOARD_SAMPLE_M)]
+    opts = AgentConfig()
+    return planner_from_world_plan(plan, opts.route_min_distance, opts.route_max_distance)
 
 
 def dataset_rig(cfg: WorldConfig) -> Rig:
@@ -50,27 +68,16 @@ def collect_drive(
     rng = np.random.default_rng([seed, drive_idx])
     length = keyframes * KEYFRAME_EVERY * cfg.dt * cfg.expert.cruise_speed * 1.3 + 60.0
     spec = random_routes(rmap, 1, rng, min_length=length, max_length=length * 1.2, first_id=drive_idx)[0]
-    frames: list[DriveFrame] = []
-    base = BASE_TIME_US + drive_idx * 1_000_000_000
-    step = {"n": 0}
-
-    def hook(view: StepView) -> None:
-        step["n"] += 1
-        n = step["n"]
-        if n % CAN_EVERY:
-            return
-        key = n % KEYFRAME_EVERY == 0
-        frames.append(record_frame(runner, view.world, rig, base, key, getattr(view.agent, "info", {})))
-        if key and progress is not None:
-            progress.update(1)
-
+    recorder = DriveRecorder(runner, rig, BASE_TIME_US + drive_idx * 1_000_000_000,
+                             agent_route_planner(rmap, spec), progress)
     record = runner.run_route(
         lambda: ExpertAgent("", cfg.expert),
         spec,
         drive_idx,
-        on_step=hook,
+        on_step=recorder,
         max_steps=keyframes * KEYFRAME_EVERY,
     )
+    frames = recorder.frames
     if sum(f.is_keyframe for f in frames) < 2:
         return None
     desc = (
@@ -85,6 +92,36 @@ def collect_drive(
         map_polylines=[],
         description=desc,
     )
+
+
+class DriveRecorder:
+    """The recording schedule of one drive, as a runner `on_step` hook: a CAN-bus frame every CAN_EVERY
+    steps, a keyframe (images, boxes, privileged state) every KEYFRAME_EVERY steps.
+
+    The route planner is stepped every tick, as the agent steps its own (which points it pops depends on
+    the path driven), and its command at each keyframe is stored as `privileged["command"]`."""
+
+    def __init__(self, runner: OfflineRunner, rig: Rig, base_us: int, route_planner: RoutePlanner | None,
+                 progress=None) -> None:
+        self.runner, self.rig, self.base_us = runner, rig, base_us
+        self.route_planner, self.progress = route_planner, progress
+        self.frames: list[DriveFrame] = []
+        self.steps = 0
+
+    def __call__(self, view: StepView) -> None:
+        self.steps += 1
+        command = None
+        if self.route_planner is not None:
+            command = int(self.route_planner.run_step(np.array([view.world.ego.x, view.world.ego.y])).command)
+        if self.steps % CAN_EVERY:
+            return
+        key = self.steps % KEYFRAME_EVERY == 0
+        info = dict(getattr(view.agent, "info", {}) or {})
+        if command is not None:
+            info["command"] = command
+        self.frames.append(record_frame(self.runner, view.world, self.rig, self.base_us, key, info))
+        if key and self.progress is not None:
+            self.progress.update(1)
 
 
 def record_frame(runner: OfflineRunner, w: OfflineWorld, rig: Rig, base_us: int, key: bool,
