@@ -43,6 +43,7 @@ FEATURE_KEYS = (
     "command",
     "ego_his",
     "ego_his_mask",
+    "goal_point",  # the route's target point (data recorded from a route only; an input at drive time)
 )
 
 
@@ -106,7 +107,8 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
     img (Tq, Ncam, 3, H, W) float32; img_from_ego (Tq, Ncam, 4, 4); can_bus (Tq, 18) in BEVFormer's
     queue form ([0:3] and [17] relative to the previous queue frame, zero where prev_valid is False);
     cur_from_prev (Tq, 4, 4); prev_valid (Tq,) bool; command (); ego_his (2, 2); ego_his_mask (2,);
-    ego_from_bev (4, 4): the current record's LIDAR_TOP calibration (the model's BEV frame), when known.
+    ego_from_bev (4, 4): the current record's LIDAR_TOP calibration (the model's BEV frame), when known;
+    goal_point (2,): the route's target point in the ego frame, when the record has one.
     """
     sizes = [
         padded_size(r["cams"][c]["width"], r["cams"][c]["height"], cfg) for r in queue for c in cfg.cameras
@@ -145,6 +147,8 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
     extra = {}
     if cur.get("ego_from_lidar") is not None:  # VAD's grid is centred on LIDAR_TOP (models/vad.py)
         extra["ego_from_bev"] = torch.as_tensor(np.asarray(cur["ego_from_lidar"]), dtype=torch.float32)
+    if cur.get("goal_point") is not None:  # the CARLA variant's goal point (2,), ego frame
+        extra["goal_point"] = torch.as_tensor(np.asarray(cur["goal_point"]), dtype=torch.float32)
     return {
         **extra,
         "img": torch.from_numpy(img),

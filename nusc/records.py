@@ -48,6 +48,8 @@ _ARRAYS = {
     "ego_his_mask": bool,
     "can_bus": float,
 }
+_OPTIONAL_ARRAYS = {"goal_point": float}  # present only in data recorded from a route
+
 _AGENT_ARRAYS = {
     "boxes": float,
     "labels": np.int64,
@@ -233,6 +235,19 @@ def can_bus_vector(
     ).astype(np.float64)
 
 
+def route_goal_point(route_target, world_from_ego: np.ndarray) -> np.ndarray | None:
+    """The goal point (2,) in the ego frame from a route target point [x, y] in the world frame (None when
+    the record has none or it is malformed). The target is taken at the ego's height: only x, y matter."""
+    try:
+        xy = np.asarray(route_target, dtype=np.float64).reshape(2)
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(xy).all():
+        return None
+    pt = np.array([xy[0], xy[1], world_from_ego[2, 3]])
+    return transform_points(invert_transform(world_from_ego), pt)[:2]
+
+
 def _get(nusc, table: str, token: str, context: str) -> dict:
     try:
         return nusc.get(table, token)
@@ -314,8 +329,11 @@ def build_records(
             rec["ego_accel"] = float(rec["can_bus"][7])
             rec["privileged"] = privileged.get(s["token"])
             route_cmd = (rec["privileged"] or {}).get("command")
-            if isinstance(route_cmd, int):  # the route's RoadOption command (Bench2Drive, CARLA collection)
+            if isinstance(route_cmd, int):  # the route's RoadOption command (data recorded from a route)
                 rec["command"] = route_cmd
+            goal = route_goal_point((rec["privileged"] or {}).get("route_target"), poses_arr[i])
+            if goal is not None:  # the route's target point, as the CARLA agent sees it (its goal point)
+                rec["goal_point"] = goal
             records.append(rec)
             bar.update(1)
     bar.close()
@@ -455,6 +473,9 @@ def record_to_json(rec: dict) -> dict:
     out = dict(rec)
     for k in _ARRAYS:
         out[k] = _tolist(rec[k])
+    for k in _OPTIONAL_ARRAYS:
+        if k in rec:
+            out[k] = _tolist(rec[k])
     out["cams"] = {
         n: {**c, "intrinsics": _tolist(c["intrinsics"]), "ego_from_cam": _tolist(c["ego_from_cam"])}
         for n, c in rec["cams"].items()
@@ -469,6 +490,9 @@ def record_from_json(d: dict) -> dict:
     out = dict(d)
     for k, dt in _ARRAYS.items():
         out[k] = np.asarray(d[k], dtype=dt)
+    for k, dt in _OPTIONAL_ARRAYS.items():
+        if k in d:
+            out[k] = np.asarray(d[k], dtype=dt)
     out["cams"] = {
         n: {
             **c,

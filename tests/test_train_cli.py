@@ -64,9 +64,27 @@ def test_config_errors_are_user_errors(tmp_path, root):
 def test_carla_inputs_are_dropped_only_when_asked():
     mcfg, notes = resolve_model_config(TrainConfig(model="vad_nano"))
     assert not mcfg.use_goal_point and not mcfg.use_traffic_light and notes
-    mcfg, notes = resolve_model_config(TrainConfig(model="vad_nano", drop_carla_inputs=False))
+    mcfg, notes = resolve_model_config(TrainConfig(model="vad_nano", carla_inputs="keep"))
     assert mcfg.use_goal_point and mcfg.use_traffic_light and not notes
     assert not resolve_model_config(TrainConfig(model="vad_tiny"))[1]  # nothing to drop, nothing said
+
+
+def test_carla_inputs_auto_follows_the_records():
+    """Route-recorded data (goal point + traffic-light state in every record) keeps the CARLA variant;
+    one record without them (nuScenes has neither) drops it; "drop" and "keep" force it."""
+    route = [{"goal_point": np.array([12.0, -1.0]), "privileged": {"traffic_light": s}}
+             for s in ("red", "green", None)]
+    mcfg, notes = resolve_model_config(TrainConfig(model="vad_nano"), route)
+    assert mcfg.use_goal_point and mcfg.use_traffic_light and "kept" in notes[0]
+    no_goal = {"privileged": {"traffic_light": "red"}}
+    no_light = {"goal_point": np.zeros(2), "privileged": None}
+    for missing in (no_goal, no_light):
+        mcfg, notes = resolve_model_config(TrainConfig(model="vad_nano"), [*route, missing])
+        assert not mcfg.use_goal_point and not mcfg.use_traffic_light and "auto" in notes[0]
+    mcfg, _ = resolve_model_config(TrainConfig(model="vad_nano", carla_inputs="drop"), route)
+    assert not mcfg.use_goal_point
+    with pytest.raises(UserError, match="carla_inputs"):
+        TrainConfig(carla_inputs="maybe")
 
 
 # ---- split, data size, schedule ----------------------------------------------------------------------

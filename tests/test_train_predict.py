@@ -118,7 +118,7 @@ def test_errors(setup, tmp_path):
     with pytest.raises(UserError, match="held-out scenes"):
         eval_main(["--dataroot", str(root), "--version", "v1.0-mini", "--checkpoint", str(bare), "--split",
                    "heldout", "--out", str(tmp_path / "m.json"), "--quiet", "--device", "cpu"])
-    carla = resolve_model_config(TrainConfig(model="vad_nano", drop_carla_inputs=False))[0]
+    carla = resolve_model_config(TrainConfig(model="vad_nano", carla_inputs="keep"))[0]
     with pytest.raises(UserError, match="CARLA variant"):
         predict(VAD(carla), root, "v1.0-mini", infos=infos, progress=False, device="cpu")
     with pytest.raises(UserError, match="not keyframes"):

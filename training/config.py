@@ -18,6 +18,7 @@ from vlmad.errors import UserError
 
 SPLITS = ("auto", "official", "scenes", "all")
 PRECISIONS = ("bf16", "fp32")
+CARLA_INPUTS = ("auto", "keep", "drop")
 
 
 @dataclass
@@ -27,11 +28,12 @@ class TrainConfig:
     # ---- model --------------------------------------------------------------------------------------
     model: str = "vad_nano"  # VAD preset (vad_nano, vad_tiny, vad_base, vad_base_carla) or a VADConfig YAML
     model_overrides: list[str] = field(default_factory=list)  # "key=value" overrides of the model config
-    # nuScenes has no route goal points and no traffic-light labels: with True the CARLA-only inputs
-    # (use_goal_point, use_traffic_light) are switched off, so a CARLA-variant preset (vad_nano, which turns
-    # them on to exercise every code path, or vad_base_carla) trains as its nuScenes counterpart. The model
-    # config saved in every checkpoint records what was actually built.
-    drop_carla_inputs: bool = True
+    # The CARLA-only inputs (use_goal_point, use_traffic_light) of a CARLA-variant preset (vad_nano, which
+    # turns them on to exercise every code path, or vad_base_carla): "auto" keeps them when every training
+    # record has a goal point and a traffic-light label (data recorded from a route: the offline world,
+    # CARLA collection) and drops them otherwise (nuScenes has neither: the preset trains as its nuScenes
+    # counterpart); "keep" / "drop" force it. model.yaml in every checkpoint records what was built.
+    carla_inputs: str = "auto"
     backbone_weights: str | None = None  # torchvision-format ResNet-50 ImageNet .pth loaded into the image
     # backbone (and the CARLA variant's traffic-light backbone) before step 0; None = random init
     init_from: str | None = None  # driving checkpoint folder (e.g. a converted official VAD) whose weights
@@ -88,6 +90,8 @@ class TrainConfig:
                     problems.append(f"{f.name} must be a number, got {value!r}")
         if problems:
             raise UserError("training config: " + "; ".join(problems))
+        if self.carla_inputs not in CARLA_INPUTS:
+            problems.append(f"carla_inputs {self.carla_inputs!r} not in {CARLA_INPUTS}")
         if self.split not in SPLITS:
             problems.append(f"split {self.split!r} not in {SPLITS}")
         if self.precision not in PRECISIONS:
@@ -116,7 +120,7 @@ class TrainConfig:
 
 # Fields that change what a run computes. Resuming with a different value would not continue the same run.
 # (dataroot and features are paths: a dataset or feature store moved to another disk may be resumed from.)
-TRAJECTORY_FIELDS = ("model", "model_overrides", "drop_carla_inputs", "init_from", "vlm_ad", "version",
+TRAJECTORY_FIELDS = ("model", "model_overrides", "carla_inputs", "init_from", "vlm_ad", "version",
                      "split",
                      "val_fraction", "lr", "backbone_lr_mult", "weight_decay",
                      "grad_clip", "warmup_iters", "warmup_ratio", "warmup_max_fraction", "min_lr_ratio",

@@ -37,7 +37,7 @@ from models.configs import build_config, get_config
 from models.export import export_driving_checkpoint, load_train_checkpoint, save_train_checkpoint
 from models.train_model import TrainModel
 from models.vad import VAD, VADConfig
-from nusc.dataset import NuScenesVADDataset, collate
+from nusc.dataset import NuScenesVADDataset, collate, traffic_light_label
 from nusc.infos import build_or_load_infos
 from training import checkpoint as ck
 from training.config import TRAJECTORY_FIELDS, TrainConfig
@@ -101,8 +101,14 @@ def setup_distributed(device: str = "auto") -> Dist:
 # ----------------------------------------------------------------------------------------------------
 # Model and schedule
 # ----------------------------------------------------------------------------------------------------
-def resolve_model_config(cfg: TrainConfig) -> tuple[VADConfig, list[str]]:
-    """The VADConfig this run trains (preset or YAML, overrides, CARLA inputs) and notes on what changed."""
+def has_carla_inputs(infos: list[dict]) -> bool:
+    """True when every record has what the CARLA variant needs: a goal point and a traffic-light label."""
+    return bool(infos) and all(r.get("goal_point") is not None and traffic_light_label(r) >= 0 for r in infos)
+
+
+def resolve_model_config(cfg: TrainConfig, infos: list[dict] | None = None) -> tuple[VADConfig, list[str]]:
+    """The VADConfig this run trains (preset or YAML, overrides, CARLA inputs) and notes on what changed.
+    infos: the training records, for `carla_inputs: auto` (None: as records without CARLA inputs)."""
     path = Path(cfg.model)
     if path.suffix in (".yaml", ".yml"):
         mcfg = load_config(VADConfig, yaml_path=path, overrides=cfg.model_overrides)
@@ -110,10 +116,17 @@ def resolve_model_config(cfg: TrainConfig) -> tuple[VADConfig, list[str]]:
         get_config(cfg.model)  # a clear error for an unknown preset name
         mcfg = build_config(cfg.model, overrides=cfg.model_overrides)
     notes = []
-    if cfg.drop_carla_inputs and (mcfg.use_goal_point or mcfg.use_traffic_light):
-        notes.append(f"{mcfg.name}: CARLA-only inputs switched off for nuScenes training (use_goal_point, "
-                     "use_traffic_light = false; drop_carla_inputs)")
+    wants = mcfg.use_goal_point or mcfg.use_traffic_light
+    drop = cfg.carla_inputs == "drop" or (cfg.carla_inputs == "auto" and not has_carla_inputs(infos or []))
+    if wants and drop:
+        why = "carla_inputs: drop" if cfg.carla_inputs == "drop" else "the records have no goal points / " \
+            "traffic-light labels (carla_inputs: auto)"
+        notes.append(f"{mcfg.name}: CARLA-only inputs switched off (use_goal_point, use_traffic_light = "
+                     f"false): {why}")
         mcfg.use_goal_point, mcfg.use_traffic_light = False, False
+    elif wants and cfg.carla_inputs == "auto":
+        notes.append(f"{mcfg.name}: CARLA variant kept (goal point, traffic-light branch): every record "
+                     "has a route goal point and a traffic-light label")
     return mcfg, notes
 
 
@@ -166,9 +179,6 @@ class _Trainer:
         # ---- data -------------------------------------------------------------------------------------
         if not cfg.dataroot:
             raise UserError("no dataset: pass --dataroot (nuScenes-format root) and --version")
-        self.model_cfg, notes = resolve_model_config(cfg)
-        for n in notes:
-            self.log(f"note: {n}")
         if d.main:  # rank 0 builds the record cache, the others read it
             infos = build_or_load_infos(cfg.dataroot, cfg.version, cache=cfg.infos_cache,
                                         progress=cfg.progress)
@@ -179,6 +189,9 @@ class _Trainer:
             [r["scene_name"] for r in infos], cfg.version, cfg.split, cfg.val_fraction)
         train_set = set(train_sc)
         self.train_infos = [r for r in infos if r["scene_name"] in train_set]
+        self.model_cfg, notes = resolve_model_config(cfg, self.train_infos)
+        for n in notes:
+            self.log(f"note: {n}")
         self.dataset = NuScenesVADDataset(self.train_infos, cfg.dataroot,
                                           dataset_config(self.model_cfg, self.train_infos))
         self.global_batch = cfg.batch_size * d.world * cfg.grad_accum

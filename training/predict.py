@@ -136,10 +136,6 @@ def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, 
         raise UserError(f"unknown plan frame {frame!r}; choose ego or lidar")
     dev = _resolve_device(device)
     m = load_model(model_or_ckpt, dev)
-    if m.cfg.use_goal_point:
-        raise UserError(f"{m.source} is a CARLA variant (use_goal_point: needs route goal points), which "
-                        "nuScenes does not have; evaluate a model trained without it (scripts.train turns "
-                        "it off by default)")
     driver = m.driver.to(dev).eval()
     aux = m.aux.to(dev).eval() if m.aux is not None and len(m.aux.action) else None
     infos = infos if infos is not None else build_or_load_infos(dataroot, version, progress=progress)
@@ -161,6 +157,10 @@ def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, 
     want = set(tokens) if tokens is not None else {r["token"] for r in run}
     if not run:
         raise UserError("no keyframes to run")
+    if m.cfg.use_goal_point and any(r.get("goal_point") is None for r in run):
+        raise UserError(f"{m.source} is a CARLA variant (use_goal_point: needs route goal points), which "
+                        "these records lack (nuScenes has none); evaluate it on data recorded from a route, "
+                        "or a model trained without it (scripts.train: carla_inputs drop)")
     queue = 2 if mode == "state" else m.cfg.queue_length  # state mode: the predecessor only for the motion
     ds = NuScenesVADDataset(run, dataroot, dataset_config(m.cfg, run, queue), with_targets=False)
     loader = DataLoader(ds, batch_size=1 if mode == "state" else batch_size, shuffle=False,

@@ -99,7 +99,8 @@ class DriveRecorder:
     steps, a keyframe (images, boxes, privileged state) every KEYFRAME_EVERY steps.
 
     The route planner is stepped every tick, as the agent steps its own (which points it pops depends on
-    the path driven), and its command at each keyframe is stored as `privileged["command"]`."""
+    the path driven); at each keyframe its command is stored as `privileged["command"]` and its target
+    point (world frame, the CARLA variant's goal point) as `privileged["route_target"]`."""
 
     def __init__(self, runner: OfflineRunner, rig: Rig, base_us: int, route_planner: RoutePlanner | None,
                  progress=None) -> None:
@@ -110,15 +111,16 @@ class DriveRecorder:
 
     def __call__(self, view: StepView) -> None:
         self.steps += 1
-        command = None
+        target = None
         if self.route_planner is not None:
-            command = int(self.route_planner.run_step(np.array([view.world.ego.x, view.world.ego.y])).command)
+            target = self.route_planner.run_step(np.array([view.world.ego.x, view.world.ego.y]))
         if self.steps % CAN_EVERY:
             return
         key = self.steps % KEYFRAME_EVERY == 0
         info = dict(getattr(view.agent, "info", {}) or {})
-        if command is not None:
-            info["command"] = command
+        if target is not None:
+            info["command"] = int(target.command)  # VAD's mode from the route's RoadOption
+            info["route_target"] = [float(target.xy[0]), float(target.xy[1])]  # world frame: the goal point
         self.frames.append(record_frame(self.runner, view.world, self.rig, self.base_us, key, info))
         if key and self.progress is not None:
             self.progress.update(1)
