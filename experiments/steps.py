@@ -10,6 +10,7 @@ Layout below `out/`:
     dataset/, infos_<version>.json   the collected dataset and its index (or the config's dataroot)
     annotations.sqlite, features/    teacher answers and their text features
     runs/<variant>/seed_<s>/         scripts.train's run folder, plus openloop.json and closedloop*.json
+                                     (results, report, and the ride-along diagnosis: world/ride_along.py)
     expert/                          the expert's closed-loop results (when enabled)
     logs/<step>.log                  each step's console output
 """
@@ -110,8 +111,8 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
                 "--device", "cpu", "--quiet"]))
             if c.routes:
                 agent_yaml = rd / "agent_offline.yaml"
-                steps += _drive_steps(tag, f"{variant}, seed {seed}", rd, ["--agent-config", str(agent_yaml)],
-                                      drive_common,
+                who = ["--agent-config", str(agent_yaml), "--diagnose", str(rd / "closedloop_diagnosis.json")]
+                steps += _drive_steps(tag, f"{variant}, seed {seed}", rd, who, drive_common,
                                       before=_agent_yaml(agent_yaml, c.camera_size, c.model_every))
     return steps
 

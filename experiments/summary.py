@@ -55,6 +55,12 @@ def run_metrics(rd: Path) -> dict[str, float]:
             out["infractions_per_km"] = float(per_km)
         out["km_driven"] = float(r.get("km_driven") or 0.0)
         out["routes"] = float(len(r.get("routes", [])))
+    dg = rd / "closedloop_diagnosis.json"
+    if dg.is_file():  # where the agent departs from the riding-along expert (world/ride_along.py)
+        sm = json.loads(dg.read_text())["summary"]
+        out["false_stop_pct"] = 100.0 * float(sm["share"].get("false_stop", 0.0))
+        out["missed_stop_pct"] = 100.0 * float(sm["share"].get("missed_stop", 0.0))
+        out["stuck_episodes"] = float(sm["stuck_episodes"])
     return out
 
 
@@ -129,17 +135,23 @@ def render_markdown(res: dict[str, Any], labels: str) -> str:
     if samples:
         L += [f"Held-out keyframes evaluated: {', '.join(map(str, sorted(samples)))}.", ""]
     if any("driving_score" in a for a in agg.values()):
-        L += ["## Closed loop (offline world, not CARLA)", "", "| Method | DS | RC | infractions / km | km |",
-              "|---|---|---|---|---|"]
+        L += ["## Closed loop (offline world, not CARLA)", "",
+              "| Method | DS | RC | infractions / km | km | false stop % | missed stop % | stuck |",
+              "|---|---|---|---|---|---|---|---|"]
         ex = res.get("expert") or {}
         if "driving_score" in ex:
             L.append(f"| expert (privileged) | {ex['driving_score']:.2f} | {ex['route_completion']:.2f} | "
-                     f"{ex.get('infractions_per_km', float('nan')):.2f} | {ex.get('km_driven', 0):.2f} |")
+                     f"{ex.get('infractions_per_km', float('nan')):.2f} | {ex.get('km_driven', 0):.2f} "
+                     "| | | |")
         for v, a in agg.items():
             if "driving_score" in a:
                 L.append(f"| {v} | {_cell(a['driving_score'], 1)} | {_cell(a['route_completion'], 1)} | "
-                         f"{_cell(a.get('infractions_per_km'), 1)} | {_cell(a.get('km_driven'), 2)} |")
-        L.append("")
+                         f"{_cell(a.get('infractions_per_km'), 1)} | {_cell(a.get('km_driven'), 2)} | "
+                         f"{_cell(a.get('false_stop_pct'), 1)} | {_cell(a.get('missed_stop_pct'), 1)} | "
+                         f"{_cell(a.get('stuck_episodes'), 1)} |")
+        L += ["", "false stop / missed stop: share of ticks the agent stands where the riding-along expert "
+              "would drive / drives on where it would stop; stuck: false stops of 10 s or more "
+              "(world/ride_along.py).", ""]
     if res["paired_vs_baseline"]:
         L += [f"## Paired difference against {res['baseline']} (same seed), mean [95 % CI]", "",
               "| Variant | " + " | ".join(lbl for lbl, _ in PAIRED) + " |", "|---" * (len(PAIRED) + 1) + "|"]

@@ -32,6 +32,7 @@ from vlmad.io import atomic_write_json
 from vlmad.rig import CARLA_RIG, Rig
 from world.config import LABEL, SOURCE, add_world_args, world_config_from_args
 from world.expert import ExpertAgent
+from world.ride_along import Diagnosis, RideAlong
 from world.roadmap import GENERATED_TOWN, RouteSpec, load_map, parse_routes_xml, random_routes
 from world.runner import OfflineRunner, StepView, VideoWriter, results_file
 
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="results JSON (leaderboard layout)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same settings")
     p.add_argument("--video", default=None, help="folder for one front-camera MP4 per route")
+    p.add_argument("--diagnose", metavar="FILE", default=None,
+                   help="let the privileged expert ride along (it does not drive) and write where the agent "
+                        "departs from it to FILE: shares of ticks it stops where the expert would go (and "
+                        "why: its plan, a safety brake), moves where the expert stops, stuck episodes "
+                        "(world/ride_along.py)")
     add_world_args(p)
     a = p.parse_args(argv)
 
@@ -128,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     runner = OfflineRunner(rmap, cfg, seed=a.seed)
     meta = {"run_digest": digest, "town": rmap.name, "seed": a.seed, "agent": agent_desc}
     sensors = []
+    diag_routes: dict[str, dict] = {}
+    if a.diagnose and a.resume and Path(a.diagnose).is_file():  # keep the finished routes' diagnoses
+        old_diag = json.loads(Path(a.diagnose).read_text())
+        diag_routes = {k: v for k, v in old_diag.get("routes", {}).items() if int(k) < len(records)}
     bar = tqdm(total=len(routes), initial=len(records), desc=f"offline world {rmap.name}", unit="route")
     for index in range(len(records), len(routes)):
         spec = routes[index]
@@ -142,12 +152,18 @@ def main(argv: list[str] | None = None) -> int:
                 img = view.images.get("CAM_FRONT")
                 video.add(img if img is not None else runner.render(w, vid_rig)["CAM_FRONT"])
 
-        def tracked_factory():
+        route_diag = Diagnosis()
+
+        def tracked_factory(route_diag=route_diag):
             agent = factory()
             sensors[:] = list(agent.sensors())
-            return agent
+            return RideAlong(agent, ExpertAgent("", cfg.expert), route_diag) if a.diagnose else agent
 
         record = runner.run_route(tracked_factory, spec, index, on_step=hook)
+        if a.diagnose:
+            diag_routes[str(index)] = route_diag.to_json()
+            total = sum((Diagnosis.from_json(d) for d in diag_routes.values()), Diagnosis())
+            atomic_write_json(a.diagnose, {"meta": meta, "routes": diag_routes, "summary": total.summary()})
         if video is not None:
             video.close()
         records.append(record)

@@ -51,7 +51,7 @@ def resolve(preset: str | None, config: str | None, overrides: list[str],
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     base = copy.deepcopy(PRESETS[preset]) if preset else ExperimentConfig()
-    cfg = load_config(ExperimentConfig, base, config, overrides)
+    cfg = load_config(ExperimentConfig, base, config, overrides, replace=("variants",))
     if out is not None:
         cfg.out = out
     return cfg

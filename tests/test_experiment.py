@@ -160,3 +160,14 @@ def test_presets_meet_their_protocols():
     assert p.data.collect.drives * p.data.collect.frames >= 2000  # thousands of keyframes
     assert list(p.variants)[0] == "VAD" and not p.problems()
     assert len(PRESETS["main"].seeds) >= 2  # the main job reports a spread
+
+
+def test_yaml_variants_replace_the_preset_ones(tmp_path):
+    y = tmp_path / "e.yaml"
+    y.write_text('variants:\n  "plain": []\n  "Q2 only": ["--vlm-ad", "--set=vlm_ad.use_q1=false"]\n'
+                 "seeds: [3, 4]\ntrain: {steps: 7}\n")
+    cfg = resolve("main", str(y), ["closed_loop.routes=5"], str(tmp_path / "o"))
+    assert cfg.variants == {"plain": [], "Q2 only": ["--vlm-ad", "--set=vlm_ad.use_q1=false"]}
+    assert cfg.seeds == (3, 4) and cfg.train.steps == 7 and cfg.closed_loop.routes == 5
+    assert cfg.train.batch_size == PRESETS["main"].train.batch_size  # merged, not replaced
+    assert cfg.out == str(tmp_path / "o")

@@ -89,8 +89,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
 
 
 def load_config(cls: type[T], base: T | None = None, yaml_path: str | Path | None = None,
-                overrides: list[str] | tuple[str, ...] = ()) -> T:
-    """Start from `base` (or `cls()`), merge a YAML file, then `key=value` overrides."""
+                overrides: list[str] | tuple[str, ...] = (), replace: tuple[str, ...] = ()) -> T:
+    """Start from `base` (or `cls()`), merge a YAML file, then `key=value` overrides.
+
+    replace: top-level fields that are free-form mappings (not sections): a YAML value replaces them
+    whole instead of being merged key by key."""
     data = to_dict(base if base is not None else cls())
     if yaml_path is not None:
         path = Path(yaml_path)
@@ -100,6 +103,10 @@ def load_config(cls: type[T], base: T | None = None, yaml_path: str | Path | Non
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"config file {path} is not valid YAML: {e}") from None
+        if isinstance(loaded, dict):
+            for key in replace:
+                if key in loaded:
+                    data[key] = loaded.pop(key)
         _deep_merge(data, loaded, str(path))
     apply_overrides(data, overrides)
     return from_dict(cls, data)
