@@ -109,6 +109,10 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
                 "--checkpoint", str(rd),
                 "--split", cfg.openloop_split, "--out", str(rd / "openloop.json"), "--name", variant,
                 "--device", "cpu", "--quiet"]))
+            if "--vlm-ad" in args and seed == cfg.seeds[0]:  # why the heads help or not (first seed)
+                steps.append(Step(f"checks_{tag}", rd / "vlmad_checks.json", [
+                    "scripts.vlmad_checks", "--run", str(rd), "--dataroot", str(root), "--version", version,
+                    "--features", str(feats), "--out", str(rd / "vlmad_checks.json")]))
             if c.routes:
                 agent_yaml = rd / "agent_offline.yaml"
                 who = ["--agent-config", str(agent_yaml), "--diagnose", str(rd / "closedloop_diagnosis.json")]

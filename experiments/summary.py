@@ -105,8 +105,13 @@ def collect_results(cfg: ExperimentConfig) -> dict[str, Any]:
                 continue
             m, lo, hi = paired_ci([per_run[v][s][k] - per_run[base][s][k] for s in seeds])
             paired[v][k] = {"mean": m, "ci95": [lo, hi], "n": len(seeds)}
+    checks = {}
+    for v in variants:
+        f = run_dir(cfg, v, cfg.seeds[0]) / "vlmad_checks.json"
+        if f.is_file():
+            checks[v] = json.loads(f.read_text())
     return {"name": cfg.name, "seeds": list(cfg.seeds), "baseline": base, "runs": per_run,
-            "aggregate": agg, "paired_vs_baseline": paired, "expert": expert}
+            "aggregate": agg, "paired_vs_baseline": paired, "expert": expert, "vlmad_checks": checks}
 
 
 def _cell(a: dict[str, Any] | None, nd: int) -> str:
@@ -168,6 +173,18 @@ def render_markdown(res: dict[str, Any], labels: str) -> str:
             L.append(f"| {v} | " + " | ".join(cells) + " |")
         L += ["", "A difference whose interval contains 0 is not distinguishable from seed noise here.",
               ""]
+    if res.get("vlmad_checks"):
+        L += [f"## VLM-AD checks (seed {seeds[0]}, scripts.vlmad_checks)", "",
+              "| Variant | plan loss | λ1·L_align | λ2·L_action | VLM-AD share of the f_ego gradient | "
+              "cos(VLM-AD, plan) | heads / driver params | distinct Q1 answers (cur/fut/reason) |",
+              "|---|---|---|---|---|---|---|---|"]
+        for v, c in res["vlmad_checks"].items():
+            g, t = c["losses_and_gradients"], c["teacher"]["text"]
+            distinct = "/".join(f"{t[k]['distinct']}" for k in ("current", "future", "reasoning") if k in t)
+            L.append(f"| {v} | {g['plan']:.3f} | {g['lambda1_align']:.3f} | {g['lambda2_action']:.3f} | "
+                     f"{100 * g['grad_share_vlm']:.1f} % | {g['cos_vlm_plan']:+.3f} | "
+                     f"{c['params']['heads_over_driver']:.2f} | {distinct} of {t['current']['valid']} |")
+        L.append("")
     return "\n".join(L)
 
 

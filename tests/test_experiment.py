@@ -54,7 +54,8 @@ def test_steps_cover_every_variant_and_seed_in_order(tmp_path):
     assert names[5:7] == ["drive_expert", "score_expert"]
     for tag in ("vad_s0", "vad_s1", "vad_vlm-ad_q1_q2_s0", "vad_vlm-ad_q1_q2_s1"):
         i = names.index(f"train_{tag}")
-        assert names[i + 1: i + 4] == [f"eval_{tag}", f"drive_{tag}", f"score_{tag}"]
+        checks = [f"checks_{tag}"] if tag == "vad_vlm-ad_q1_q2_s0" else []  # VLM-AD runs, first seed
+        assert names[i + 1: i + 4 + len(checks)] == [f"eval_{tag}", *checks, f"drive_{tag}", f"score_{tag}"]
     by = {s.name: s for s in steps}
     vlm_train = by["train_vad_vlm-ad_q1_q2_s1"].argv
     assert "--vlm-ad" in vlm_train and "--features" in vlm_train

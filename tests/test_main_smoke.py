@@ -51,6 +51,12 @@ def test_main_job_produces_the_table_with_honest_labels(smoke_run):
 
     with safe_open(str(run / "driving" / "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if k.startswith("aux")]
+    # why VLM-AD helps or not: measured on the run's training checkpoint (the heads are only there)
+    checks = json.loads((run / "vlmad_checks.json").read_text())
+    g = checks["losses_and_gradients"]
+    assert 0.0 < g["grad_share_vlm"] < 1.0 and g["lambda1_align"] > 0.0
+    assert checks["teacher"]["text"]["current"]["valid"] > 0 and checks["params"]["heads"] > 0
+    assert "## VLM-AD checks" in table
 
 
 def test_main_job_rerun_resumes_without_redoing_work(smoke_run):
