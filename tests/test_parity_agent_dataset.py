@@ -26,7 +26,7 @@ from vlmad.commands import Command, command_from_future
 from world.collect import KEYFRAME_EVERY, DriveRecorder, agent_route_planner, dataset_rig
 from world.config import WorldConfig
 from world.expert import ExpertAgent
-from world.roadmap import load_map, random_routes
+from world.road_map import load_map, random_routes
 from world.runner import OfflineRunner
 
 BASE_US = 1_600_000_000_000_000
@@ -69,12 +69,13 @@ class Passenger:
         self.vad.destroy()
 
 
-def _drive_pairs(root, img_norm: str, route_seed: int = 0,
-                 keyframes: int = KEYFRAMES) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
+def _drive_pairs(root, img_norm: str, route_seed: int = 0, keyframes: int = KEYFRAMES,
+                 goal_point: bool = False) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
     """(model, [(agent inputs, dataset features)] per keyframe), paired by simulation time."""
-    # as training exports it: the CARLA-only inputs (goal point, traffic light) off (training.config)
-    export_main(["--random-init", "--config", "vad_nano", "--set", "use_goal_point=false", "--set",
-                 "use_traffic_light=false", "--set", f"img_norm={img_norm}", "--out", str(root / "nano")])
+    # the traffic-light branch off; the goal point only where a test checks it (the CARLA variant's input)
+    goal = f"use_goal_point={str(goal_point).lower()}"
+    export_main(["--random-init", "--config", "vad_nano", "--set", goal, "--set", "use_traffic_light=false",
+                 "--set", f"img_norm={img_norm}", "--out", str(root / "nano")])
     (root / "agent.yaml").write_text(f"checkpoint: nano\ncamera_size: [{IMG_W}, {IMG_H}]\nmodel_every: 2\n"
                                      "device: cpu\n")
     rmap = load_map("VlmadGrid1x1")
@@ -120,7 +121,8 @@ def caffe_pairs(tmp_path_factory) -> tuple[torch.nn.Module, list[tuple[dict, dic
 @pytest.fixture(scope="module")
 def turn_pairs(tmp_path_factory) -> tuple[torch.nn.Module, list[tuple[dict, dict]]]:
     """Pairs on a route that turns right 12 m after its start."""
-    return _drive_pairs(tmp_path_factory.mktemp("parity_turn"), "torchvision", route_seed=1, keyframes=6)
+    return _drive_pairs(tmp_path_factory.mktemp("parity_turn"), "torchvision", route_seed=1, keyframes=6,
+                        goal_point=True)
 
 
 def _last(item: dict, key: str) -> np.ndarray:
@@ -165,6 +167,11 @@ def test_route_command_parity_on_a_turn(turn_pairs):
     from_future = [int(command_from_future(data["record"]["ego_fut"], data["record"]["ego_fut_mask"]))
                    for _, data in items]
     assert from_future != agent_cmds, "the route does not separate the two rules: the test checks nothing"
+    # the CARLA variant's goal point: the route target the agent steers for, in its ego frame
+    for agent, data in items:
+        np.testing.assert_allclose(agent["goal_point"][0].double().numpy(),
+                                   data["goal_point"].double().numpy(), atol=0.05)
+    assert len({round(float(d["goal_point"][0]), 1) for _, d in items}) > 1  # it moves with the ego
 
 
 def test_image_and_projection_parity(pairs):
