@@ -3,7 +3,7 @@
 Under `leaderboard_evaluator.py` the real base class is used (its `__call__` reads the sensor interface
 and its `set_global_plan` downsamples the route). Without the leaderboard (tests, CI, the offline world)
 the stand-in below keeps the same interface and the same route downsampling (leaderboard 1.0:
-`downsample_route(route, 50)`, whose code world.roadmap mirrors), so the agent behaves the same.
+`downsample_route(route, 50)`, mirrored by `downsample_route` below), so the agent behaves the same.
 """
 
 from __future__ import annotations
@@ -15,7 +15,36 @@ import sys
 from enum import Enum
 from pathlib import Path
 
+from vlmad.commands import RoadOption
 from vlmad.errors import UserError
+
+
+def downsample_route(route: list[tuple], sample_factor: float) -> list[int]:
+    """Indices kept by the leaderboard's `downsample_route` (what `AutonomousAgent.set_global_plan` uses,
+    with sample_factor 50 in leaderboard 1.0): every lane change, every change of option, every
+    `sample_factor` metres, and the last point."""
+    ids: list[int] = []
+    prev = None
+    dist = 0.0
+    lane_changes = (RoadOption.CHANGELANELEFT, RoadOption.CHANGELANERIGHT)
+    for i, (point, option) in enumerate(route):
+        if option in lane_changes:
+            ids.append(i)
+            dist = 0.0
+        elif prev != option and prev not in lane_changes:
+            ids.append(i)
+            dist = 0.0
+        elif dist > sample_factor:
+            ids.append(i)
+            dist = 0.0
+        elif i == len(route) - 1:
+            ids.append(i)
+            dist = 0.0
+        else:
+            dist += point.location.distance(route[i - 1][0].location)
+        prev = option
+    return ids
+
 
 try:  # the real thing, under the CARLA leaderboard
     from leaderboard.autoagents.autonomous_agent import AutonomousAgent, Track
@@ -53,8 +82,6 @@ except ImportError:  # leaderboard (or scenario_runner) not installed
             pass
 
         def set_global_plan(self, global_plan_gps: list, global_plan_world_coord: list) -> None:
-            from world.roadmap import downsample_route
-
             ds_ids = downsample_route(global_plan_world_coord, 50)
             self._global_plan_world_coord = [(global_plan_world_coord[x][0], global_plan_world_coord[x][1])
                                              for x in ds_ids]

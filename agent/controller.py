@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlmad.horizon import STEP_S
+
 
 @dataclass
 class ControllerConfig:
@@ -86,14 +88,14 @@ class PlanController:
         self.speed = PID(c.speed_kp, c.speed_ki, c.speed_kd, c.speed_n)
 
     def step(self, plan: np.ndarray, speed: float, target: np.ndarray | None = None) -> ControlOutput:
-        """plan: (T >= 2, 2) ego positions 0.5 s apart (x fwd, y left); speed: m/s; target: (2,) route
+        """plan: (T >= 2, 2) ego positions STEP_S apart (x fwd, y left); speed: m/s; target: (2,) route
         target point in the ego frame, or None. The plan must be finite (the agent checks it)."""
         c = self.cfg
         wp = np.asarray(plan, dtype=np.float64).reshape(-1, 2)
         if len(wp) < 2:
             raise ValueError(f"a plan needs at least 2 points, got {len(wp)}")
         steps = np.linalg.norm(np.diff(wp, axis=0), axis=1)
-        desired = float(steps.mean() * 2.0)  # metres per 0.5 s -> m/s
+        desired = float(steps.mean() / STEP_S)  # metres per plan step -> m/s
         # aim point: the plan point whose segment midpoint is nearest aim_dist (public agent's rule)
         mids = np.linalg.norm((wp[1:] + wp[:-1]) / 2.0, axis=1)
         aim = wp[int(np.argmin(np.abs(mids - c.aim_dist)))]

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from agent.controller import ControllerConfig
-from models.export import CONFIG, WEIGHTS, resolve_checkpoint_dir
+from models.checkpoint_formats import CONFIG, WEIGHTS, resolve_checkpoint_dir
 from vlmad.config import from_dict
 from vlmad.errors import UserError
 
@@ -35,6 +35,10 @@ class AgentConfig:
     autocast: bool = False  # bf16 autocast of the model on CUDA (faster on big GPUs); off = float32
     compile: bool = False  # torch.compile the model forward (models.vad.compile_for_inference); the first
     # model call compiles (tens of seconds to minutes), later ones reuse it. Off = eager PyTorch
+    backend: str = "torch"  # "torch" (PyTorch, on `device`) or "onnxruntime" (the exported ONNX file `onnx`,
+    # on CPU; docs/deploy.md). Both take the model config from the checkpoint; the ONNX file must match it
+    onnx: str | None = None  # ONNX file of the onnxruntime backend (scripts.export_onnx); relative paths are
+    # taken from the agent YAML's folder; None = model.onnx in the checkpoint folder
     model_every: int = 1  # run the model every N ticks (20 Hz), 1..10; in between, the controller tracks the
     # last plan moved into the current ego frame by odometry. 1 = every tick (the public agents' choice)
     bev_history_ticks: int = 10  # age (ticks) of the previous BEV handed to the model: the newest stored
@@ -80,6 +84,8 @@ def load_agent_options(path: str | Path) -> tuple[AgentConfig, Path]:
                             "checkpoint folder (relative paths from the YAML's folder)")
         opts = {k: v for k, v in data.items() if k != "checkpoint"}
         cfg = from_dict(AgentConfig, opts, where=f"agent config {p}")
+        if cfg.onnx is not None and not Path(cfg.onnx).expanduser().is_absolute():
+            cfg.onnx = str(p.parent / cfg.onnx)
     else:
         cfg = AgentConfig()
     _check(cfg, str(p))
@@ -94,6 +100,10 @@ def _check(cfg: AgentConfig, where: str) -> None:
         raise UserError(f"{where}: bev_history_ticks and max_sensor_lag_frames must be >= 0")
     if cfg.camera_size is not None and (len(cfg.camera_size) != 2 or min(cfg.camera_size) < 8):
         raise UserError(f"{where}: camera_size must be [W, H] (pixels), got {cfg.camera_size}")
+    if cfg.backend not in ("torch", "onnxruntime"):
+        raise UserError(f"{where}: backend must be torch or onnxruntime, got {cfg.backend!r}")
+    if cfg.backend == "onnxruntime" and cfg.compile:
+        raise UserError(f"{where}: compile applies to the torch backend only; drop it for onnxruntime")
     if cfg.gnss not in ("auto", "classic", "carla_map"):
         raise UserError(f"{where}: gnss must be auto, classic or carla_map, got {cfg.gnss!r}")
     if not 0.0 < cfg.controller.max_throttle <= 1.0:

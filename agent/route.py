@@ -12,7 +12,7 @@ GNSS. The ego position comes from the GNSS sensor. Two conventions exist (`GnssF
   point, so `fit_geo_reference` recovers that reference exactly (no server or map query needed).
 - "carla_map": CARLA 0.9.16 changed the map's geolocation (a transverse Mercator in which latitude grows
   with CARLA +y; measured with the 0.9.16 client), which its GNSS sensor follows; the live map's own
-  `geolocation_to_transform` inverts it. The conversion math of the classic one lives in world.sensors.
+  `geolocation_to_transform` inverts it. The conversion math of the classic one lives in vlmad.gnss.
 
 All positions here are in our right-handed world frame (x = CARLA x, y = -CARLA y), metres.
 """
@@ -27,8 +27,8 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from vlmad.commands import Command, RoadOption, command_from_road_option
-from vlmad.frames import se2_pose
-from world.sensors import DEFAULT_GEO_REFERENCE, carla_xy_to_gnss, gnss_to_carla_xy
+from vlmad.frames import carla_location_to_ego, carla_locations_to_ego_xy, se2_pose
+from vlmad.gnss import DEFAULT_GEO_REFERENCE, gnss_to_carla_xy, gnss_to_world_xy
 
 log = logging.getLogger("agent.vad")
 
@@ -40,12 +40,6 @@ def road_option_value(option) -> int:
         return int(value)
     except (TypeError, ValueError):
         return int(RoadOption.VOID)
-
-
-def gnss_to_world_xy(lat: float, lon: float, ref: tuple[float, float]) -> np.ndarray:
-    """GNSS (degrees) -> (2,) position in our right-handed world frame for the map reference `ref`."""
-    cx, cy = gnss_to_carla_xy(lat, lon, *ref)
-    return np.array([float(cx), -float(cy)])
 
 
 def ego_pose_from_gnss(gnss_xy: np.ndarray, yaw: float, gnss_x: float) -> np.ndarray:
@@ -86,13 +80,7 @@ class GnssFrame:
 
         loc = self.map.geolocation_to_transform(carla.GeoLocation(float(lat), float(lon), float(alt)))
         loc = getattr(loc, "location", loc)  # a Location (0.9.16) or a Transform
-        return np.array([float(loc.x), -float(loc.y)])
-
-
-def world_xy_to_gnss(xy: np.ndarray, ref: tuple[float, float]) -> tuple[float, float]:
-    """Inverse of `gnss_to_world_xy`: (lat, lon) degrees."""
-    lat, lon = carla_xy_to_gnss(float(xy[0]), -float(xy[1]), *ref)
-    return float(lat), float(lon)
+        return carla_location_to_ego(loc)[:2]
 
 
 def fit_geo_reference(gps_plan: list, world_plan: list,
@@ -165,5 +153,5 @@ class RoutePlanner:
 
 def planner_from_world_plan(world_plan: list, min_distance: float, max_distance: float) -> RoutePlanner:
     """RoutePlanner over [(carla.Transform, option)] (the downsampled plan)."""
-    pts = np.array([[float(t.location.x), -float(t.location.y)] for t, _ in world_plan])
+    pts = carla_locations_to_ego_xy(t.location for t, _ in world_plan)
     return RoutePlanner(pts, [road_option_value(o) for _, o in world_plan], min_distance, max_distance)

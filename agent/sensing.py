@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.preprocess import normalize_images
+from models.features import can_bus_delta, normalize_images, resize_image, resized_size
 from models.vad import VADConfig
 from nusc.records import can_bus_vector
-from vlmad.frames import se2_pose
+from vlmad.frames import carla_imu_to_ego, se2_pose
+from vlmad.gnss import yaw_from_compass
 from vlmad.rig import Rig
-from world.sensors import yaw_from_compass
 
 GNSS_TYPE, IMU_TYPE, SPEED_TYPE, CAMERA_TYPE = (
     "sensor.other.gnss", "sensor.other.imu", "sensor.speedometer", "sensor.camera.rgb")
@@ -107,10 +107,7 @@ def _ego_reading(by_type: dict[str, object]) -> EgoReading:
     imu = _vector(by_type[IMU_TYPE], 7, "IMU")
     spd = by_type[SPEED_TYPE]
     speed = _vector(spd.get("speed") if isinstance(spd, dict) else spd, 1, "speedometer")[0]
-    # CARLA (left-handed, y right) -> ours (y left): the accelerometer's y flips; the gyroscope is an axial
-    # vector, so under the y mirror its x and z flip (world/sensors.py writes the inverse)
-    accel = np.array([imu[0], -imu[1], imu[2]])
-    gyro = np.array([-imu[3], imu[4], -imu[5]])
+    accel, gyro = carla_imu_to_ego(imu[0:3], imu[3:6])  # world/sensors.py writes the inverse
     yaw = yaw_from_compass(float(imu[6]))
     return EgoReading(float(gps[0]), float(gps[1]), float(gps[2]), accel, gyro, yaw, float(speed))
 
@@ -118,10 +115,10 @@ def _ego_reading(by_type: dict[str, object]) -> EgoReading:
 class ImageInput:
     """Camera images -> the model's normalised, resized, padded tensor and matching `img_from_ego`.
 
-    The checkpoint's config decides everything: output size = img_size_raw x img_scale (the dataset's
-    rounding), padded at the bottom/right to a multiple of pad_divisor with zeros after normalisation (as
-    nusc.dataset), channels and normalisation per `img_norm` (models.preprocess: RGB ImageNet, or caffe
-    BGR). Projections come from the rig camera at the received size, scaled by the resize factors.
+    The checkpoint's config decides everything, through the model-input contract (models/features.py) the
+    dataset uses too: output size = `resized_size(img_size_raw, img_scale)`, padded at the bottom/right to
+    `cfg.img_hw` with zeros after normalisation, channels and normalisation per `img_norm` (RGB ImageNet,
+    or caffe BGR). Projections come from the rig camera at the received size, scaled by the resize factors.
     """
 
     def __init__(self, cfg: VADConfig, rig: Rig) -> None:
@@ -129,7 +126,7 @@ class ImageInput:
         self.names = rig.camera_names[: cfg.num_cams]
         self.rig = rig
         w_raw, h_raw = cfg.img_size_raw
-        self.size = (int(w_raw * cfg.img_scale + 0.5), int(h_raw * cfg.img_scale + 0.5))  # (w, h)
+        self.size = resized_size(w_raw, h_raw, cfg.img_scale)  # (w, h)
         self.padded_hw = cfg.img_hw
         self._proj: dict[tuple[str, int, int], np.ndarray] = {}
 
@@ -149,9 +146,7 @@ class ImageInput:
         for name in self.names:
             bgra = input_data[name][1]
             mats.append(self.img_from_ego(name, bgra.shape[1], bgra.shape[0]))
-            if bgra.shape[1] != w or bgra.shape[0] != h:
-                bgra = cv2.resize(bgra, (w, h), interpolation=cv2.INTER_LINEAR)
-            frames.append(cv2.cvtColor(bgra, cv2.COLOR_BGRA2RGB))
+            frames.append(cv2.cvtColor(resize_image(bgra, w, h), cv2.COLOR_BGRA2RGB))
         rgb = torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2)  # uint8 (N, 3, h, w)
         img = normalize_images(rgb, self.cfg.img_norm)
         hp, wp = self.padded_hw
@@ -184,15 +179,12 @@ class Odometry:
 
 def can_bus(world_from_ego: np.ndarray, ego: EgoReading,
             prev_world_from_ego: np.ndarray | None) -> np.ndarray:
-    """The 18-value CAN bus of docs/data_contract.md, in the form nusc.dataset feeds it: [0:3] the
-    translation since the previous BEV frame (world axes) and [17] the yaw change in degrees, both zero
-    without a previous frame; the rest absolute (quaternion, accel, rotation rate, velocity, yaw)."""
+    """The 18-value CAN bus of docs/data_contract.md in the queue form nusc.dataset feeds too
+    (`models.features.can_bus_delta`): [0:3] the translation since the previous BEV frame (world axes) and
+    [17] the yaw change in degrees, both zero without a previous frame; the rest absolute (quaternion,
+    accel, rotation rate, velocity, yaw)."""
     vec = can_bus_vector(world_from_ego, ego.accel, ego.gyro, np.array([ego.speed, 0.0, 0.0]))
-    if prev_world_from_ego is None:
-        vec[:3] = 0.0
-        vec[17] = 0.0
-    else:
+    prev = None
+    if prev_world_from_ego is not None:
         prev = can_bus_vector(prev_world_from_ego, ego.accel, ego.gyro, np.zeros(3))
-        vec[:3] -= prev[:3]
-        vec[17] -= prev[17]
-    return vec
+    return can_bus_delta(vec, prev)

@@ -48,12 +48,14 @@ from agent.route import (
     planner_from_world_plan,
 )
 from agent.sensing import EgoReading, ImageInput, Odometry, SensorError, can_bus, read_sensors
-from models.export import load_driving_checkpoint
-from models.vad import BEVState, compile_for_inference
+from models.checkpoint_formats import load_driving_checkpoint
+from models.onnx_export import CapacityGuard, OnnxRunner, sca_capacity
+from models.vad import BEVState, check_finite_inputs, compile_for_inference
+from vlmad.cli import resolve_device
 from vlmad.commands import Command
 from vlmad.errors import UserError
-from vlmad.frames import invert_transform, relative_motion, transform_points
-from vlmad.rig import RIGS
+from vlmad.frames import carla_location_to_ego, invert_transform, relative_motion, transform_points
+from vlmad.rig import RIGS, rig_mismatch
 
 log = logging.getLogger("agent.vad")
 TICK_S = 0.05  # the leaderboard's fixed 20 Hz step
@@ -79,19 +81,6 @@ class _Memory(NamedTuple):  # not a dataclass: those break under loaders that sk
     state: BEVState
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"agent option device={name!r} is not a torch device (auto, cpu, cuda, cuda:1)"
-                        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"agent option device={name!r} but CUDA is not available; use device: cpu or auto")
-    return dev
-
-
 class VADAgent(AutonomousAgent):
     """Leaderboard agent driving a VAD driving checkpoint (see the module docstring)."""
 
@@ -103,10 +92,8 @@ class VADAgent(AutonomousAgent):
         self.track = Track.SENSORS
         self.opts: AgentConfig
         self.opts, folder = load_agent_options(path_to_conf_file)
-        self.device = _device(self.opts.device)
+        self.device = resolve_device(self.opts.device, "agent option device")
         self.model, self.cfg, self.meta = load_driving_checkpoint(folder, self.device)
-        # the compiled module shares the weights; it is only ever called, never saved (None = eager)
-        self._compiled = compile_for_inference(self.model) if self.opts.compile else None
         self.checkpoint = folder
         rig = RIGS.get(self.opts.rig)
         if rig is None:
@@ -123,6 +110,10 @@ class VADAgent(AutonomousAgent):
         self.rig = dataclasses.replace(rig, cameras=cams)
         self._sensors = self.rig.carla_sensors()
         self.images = ImageInput(cfg, self.rig)
+        mismatch = rig_mismatch(self.meta.get("training_rig"), self.rig)
+        if mismatch:
+            log.warning("%s", mismatch)
+        self._setup_backend(folder, size)
         self.controller = PlanController(self.opts.controller)
         self.odometry = Odometry()
         self.geo_ref: tuple[float, float] | None = None
@@ -155,6 +146,26 @@ class VADAgent(AutonomousAgent):
             self.meta.get("config_name") or cfg.name, note, self.meta.get("trained_with_vlm_ad"),
             self.device, cfg.num_cams, size[0], size[1], cfg.use_goal_point, cfg.use_traffic_light,
             self.opts.model_every, LEADERBOARD)
+
+    def _setup_backend(self, folder: Path, size: tuple[int, int]) -> None:
+        """torch (eager or compiled) or onnxruntime. The fixed-shape forms size their cross-attention
+        for this rig's projections (models.onnx_export: a calibration that does not fit is refused)."""
+        proj = torch.as_tensor(np.stack([self.images.img_from_ego(n, *size) for n in self.images.names]),
+                               dtype=torch.float32)
+        # the compiled module shares the weights; it is only ever called, never saved (None = eager)
+        self._compiled = self._guard = None
+        if self.opts.compile:
+            cap = sca_capacity(self.cfg, proj)
+            self._compiled = compile_for_inference(self.model, sca_capacity=cap)
+            self._guard = CapacityGuard(self.cfg, cap, "the compiled model")
+        self._onnx: OnnxRunner | None = None  # the onnxruntime backend (models.onnx_export), else None
+        if self.opts.backend == "onnxruntime":
+            onnx_path = Path(self.opts.onnx) if self.opts.onnx else folder / "model.onnx"
+            self._onnx = OnnxRunner(onnx_path, self.cfg)  # UserError: missing file / package, other config
+            try:
+                self._onnx.check_calibration(proj)
+            except ValueError as e:
+                raise UserError(f"{onnx_path}: {e}") from None
 
     def sensors(self) -> list[dict]:
         """6 RGB cameras of the rig (VAD layout), GNSS, IMU, speedometer (vlmad.rig.Rig.carla_sensors)."""
@@ -198,7 +209,7 @@ class VADAgent(AutonomousAgent):
                     log.info("debug video: %s (%d frames)", path, video.frames)
             except Exception as e:  # noqa: BLE001 - a video problem must not fail the route
                 log.warning("debug video could not be finished: %s", e)
-        self.model = self._compiled = None
+        self.model = self._compiled = self._onnx = None
         if hasattr(self, "_history"):
             self._history.clear()  # BEV states can hold GPU memory
         if torch.cuda.is_available():
@@ -219,7 +230,7 @@ class VADAgent(AutonomousAgent):
             self.carla_map = live_carla_map()
         self.gnss = self._gnss_frame(self.opts.gnss)
         start = world_plan[0][0].location
-        self._spawn_xy = np.array([float(start.x), -float(start.y)])  # the leaderboard spawns the ego here
+        self._spawn_xy = carla_location_to_ego(start)[:2]  # the leaderboard spawns the ego here
         self.route = planner_from_world_plan(self._global_plan_world_coord, self.opts.route_min_distance,
                                              self.opts.route_max_distance)
 
@@ -340,9 +351,15 @@ class VADAgent(AutonomousAgent):
         t1 = time.perf_counter()
         amp = (torch.autocast("cuda", dtype=torch.bfloat16) if self.opts.autocast and dev.type == "cuda"
                else contextlib.nullcontext())
-        with torch.inference_mode(), amp:
-            model = self._compiled if self._compiled is not None else self.model
-            out, state = model(inputs, prev.state if prev is not None else None)
+        if self._onnx is not None:  # checks the inputs' finiteness and shapes itself
+            out, state = self._onnx(inputs, prev.state if prev is not None else None)
+        else:
+            if self._compiled is not None:  # a compiled graph cannot raise: check its inputs here
+                check_finite_inputs(inputs)
+                self._guard.check(inputs["img_from_ego"])
+            with torch.inference_mode(), amp:
+                model = self._compiled if self._compiled is not None else self.model
+                out, state = model(inputs, prev.state if prev is not None else None)
         plan = out["plan"][0].float().cpu().numpy().astype(np.float64)  # (T, 2); the copy synchronises
         self.timing["model_ms"] = (time.perf_counter() - t1) * 1e3
         if not np.isfinite(plan).all():

@@ -21,10 +21,10 @@ What one run does (each step bounded, every child in its own process group):
    (`carla_eval.report`) is written to OUT/report.{json,md} and OUT/plots/.
 
 Failing loudly: before any server starts, the checkpoint is loaded the way the project's agent loads it
-(`agent.options.load_agent_options` + `models.export.load_driving_checkpoint`, on the CPU), so a missing
-or broken checkpoint stops the run with the loader's message. And a shard whose every route ended
-"Failed - Agent couldn't be set up" (the evaluator then still exits 0) is an error carrying the agent's
-own message from the evaluator log.
+(`agent.options.load_agent_options` + `models.checkpoint_formats.load_driving_checkpoint`, on the CPU),
+so a missing or broken checkpoint stops the run with the loader's message. And a shard whose every route
+ended "Failed - Agent couldn't be set up" (the evaluator then still exits 0) is an error carrying the
+agent's own message from the evaluator log.
 
 Server and evaluator commands are templates (`server_cmd`, `evaluator_cmd`), so tests swap in stand-in
 executables; fields: {python} {project_root} {carla_root} {leaderboard_root} {scenario_runner_root} {host}
@@ -153,7 +153,7 @@ def preflight_checkpoint(cfg: EvalConfig) -> bool:
             agent in VAD_AGENT_MODULES or (agent.endswith(".py") and Path(agent).resolve() == VAD_AGENT)):
         return False
     from agent.options import load_agent_options  # late: torch and the model only when checking
-    from models.export import load_driving_checkpoint
+    from models.checkpoint_formats import load_driving_checkpoint
 
     try:
         _, folder = load_agent_options(cfg.checkpoint)
@@ -306,20 +306,12 @@ def wait_for_server(cfg: EvalConfig, i: int, proc: subprocess.Popen | None, stop
 # ---- results files -----------------------------------------------------------------------------------
 
 def read_results(path: Path) -> dict[str, Any] | None:
-    """The evaluator's results JSON, or None when absent, empty or corrupt (it writes non-atomically)."""
+    """The evaluator's results JSON, or None when absent, empty or corrupt (it writes non-atomically, so a
+    crash mid-write is expected here, not a user error)."""
     try:
-        text = path.read_text()
-    except OSError:
+        return scoring.read_results_file(path, missing_ok=True)
+    except (UserError, OSError):
         return None
-    if not text.strip():
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("_checkpoint"), dict):
-        return None
-    return data
 
 
 def progress_of(data: dict[str, Any] | None) -> tuple[int, int] | None:

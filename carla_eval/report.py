@@ -40,7 +40,7 @@ from typing import Any
 
 from carla_eval import scoring
 from routes.fetch import BENCHMARKS
-from routes.parse import parse_routes
+from routes.parse import parse_routes, route_id_of, route_name
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -79,21 +79,11 @@ def _finite(x: Any, where: str) -> float:
 def load_results(path: str | Path, warnings: list[str]) -> dict[str, Any] | None:
     """A results file, validated; None (with a warning) for an empty file (a run that wrote nothing)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"results file {path} does not exist")
-    text = path.read_text()
-    if not text.strip():
+    data = scoring.read_results_file(path)
+    if data is None:
         _warn(warnings, f"{path} is empty (the evaluator started but recorded no route)")
         return None
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); the evaluator writes it in place, so a crash can "
-                        f"truncate it: use the launcher's results.json.bak copy beside it") from None
-    recs = data.get("_checkpoint", {}).get("records") if isinstance(data, dict) else None
-    if not isinstance(recs, list):
-        raise UserError(f"{path} has no _checkpoint.records list: not a leaderboard results file")
-    for i, r in enumerate(recs):
+    for i, r in enumerate(data["_checkpoint"]["records"]):
         where = f"{path}: record #{i}"
         if not isinstance(r, dict):
             raise UserError(f"{where} is not an object")
@@ -112,7 +102,7 @@ def load_results(path: str | Path, warnings: list[str]) -> dict[str, Any] | None
 
 
 def _route_sort_key(route_id: str) -> tuple[int, Any]:
-    n = scoring.route_id_number(route_id)
+    n = route_id_of(route_id)
     return (0, int(n)) if n.isdigit() else (1, n)
 
 
@@ -175,9 +165,7 @@ def build_report(files: list[str | Path], routes_file: str | Path | None = None,
     for order, (path, data) in enumerate(loaded):
         seen_here: dict[tuple[str, int], int] = {}
         for r in sorted(data["_checkpoint"]["records"], key=lambda r: r["index"]):
-            rid = str(r["route_id"])
-            if not rid.startswith("RouteScenario_"):
-                rid = f"RouteScenario_{rid}"
+            rid = route_name(r["route_id"])
             base = (rid, r["index"] % repetitions)
             occ = 0 if routes_file is not None else seen_here.get(base, 0)
             seen_here[base] = occ + 1
@@ -189,18 +177,18 @@ def build_report(files: list[str | Path], routes_file: str | Path | None = None,
 
     if routes_file is not None:
         ids = [r.id for r in parse_routes(routes_file)]
-        unknown = sorted({rid for rid, _, _ in cands} - {f"RouteScenario_{i}" for i in ids},
+        unknown = sorted({rid for rid, _, _ in cands} - {route_name(i) for i in ids},
                          key=_route_sort_key)
         if unknown:
             raise UserError(f"records for routes {unknown} are not in the route file {routes_file}; "
                             f"wrong --routes?")
         if benchmark is None:
             benchmark = _infer_benchmark(ids)
-        expected: list[Slot] = [(f"RouteScenario_{i}", rep, 0) for i in ids for rep in range(repetitions)]
+        expected: list[Slot] = [(route_name(i), rep, 0) for i in ids for rep in range(repetitions)]
     else:
-        ids = sorted({scoring.route_id_number(rid) for rid, _, _ in cands}, key=_route_sort_key)
+        ids = sorted({route_id_of(rid) for rid, _, _ in cands}, key=_route_sort_key)
         expected = [(rid, rep, occ) for rid, rep, occ in sorted(
-            {*first_seen, *((f"RouteScenario_{i}", rep, 0) for i in ids for rep in range(repetitions))},
+            {*first_seen, *((route_name(i), rep, 0) for i in ids for rep in range(repetitions))},
             key=lambda s: (_route_sort_key(s[0]), s[1], s[2]))]
         totals = sum(int((d["_checkpoint"].get("progress") or [0, 0])[1]) for _, d in loaded)
         if totals > len(expected):
@@ -365,7 +353,7 @@ def write_plots(rep: dict[str, Any], out_dir: str | Path) -> list[Path]:
     tag = "" if rep["is_carla"] else f" [{rep['source']}: not CARLA]"
     rows = rep["routes"]
     multi = rep["repetitions"] > 1
-    names = [scoring.route_id_number(r["route_id"]) + (f".{r['repetition']}" if multi else "") for r in rows]
+    names = [route_id_of(r["route_id"]) + (f".{r['repetition']}" if multi else "") for r in rows]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(rows) + 2), 3.5))
     colors = ["tab:red" if r["status"] != scoring.STATUS_COMPLETED else "tab:blue" for r in rows]
     ax.bar(range(len(rows)), [r["driving_score"] for r in rows], color=colors)

@@ -39,10 +39,15 @@ never mistaken for CARLA numbers. A file without `meta` came from the real leade
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
+
+from routes.parse import route_name
+from vlmad.errors import UserError
 
 # ---- pinned trees ------------------------------------------------------------------------------------
 
@@ -270,7 +275,7 @@ def make_route_record(route_id: str | int, index: int, route_completion: float,
     penalty = route_penalty(raw)  # from the raw entries: unrounded off-road percentages, as the leaderboard
     infr = {k: [_as_message(k, e) for e in raw[k]] for k in INFRACTION_KEYS}
     if isinstance(route_id, int):
-        route_id = f"RouteScenario_{route_id}"
+        route_id = route_name(route_id)
     meta = {"duration_system": float(duration_system), "duration_game": float(duration_game),
             "route_length": float(route_length)}
     meta.update(extra_meta or {})
@@ -285,12 +290,6 @@ def make_route_record(route_id: str | int, index: int, route_completion: float,
 
 
 # ---- global figures ----------------------------------------------------------------------------------
-
-def route_id_number(route_id: str | int) -> str:
-    """"RouteScenario_16" -> "16" (the id of the route XML); other strings are returned unchanged."""
-    s = str(route_id)
-    return s[len("RouteScenario_"):] if s.startswith("RouteScenario_") else s
-
 
 def km_driven(record: dict[str, Any]) -> float:
     """Kilometres driven on one route: RC/100 x route length (m) / 1000."""
@@ -452,4 +451,32 @@ def make_results_file(records: Sequence[dict[str, Any]], progress: Sequence[int]
         extra["label"] = label
     if extra:
         data["meta"] = extra
+    return data
+
+
+def read_results_file(path: str | Path, missing_ok: bool = False) -> dict[str, Any] | None:
+    """Read a results file (the layout above): the one parser of the JSON the evaluator, the launcher and
+    the offline world write.
+
+    None when the file is empty (an evaluator that started but recorded nothing), or absent with
+    `missing_ok`. A `UserError` naming the file when it is absent (without `missing_ok`), not JSON (the
+    evaluator writes it in place, so a crash can truncate it) or without a `_checkpoint.records` list.
+    Records are returned as written; `carla_eval.report.load_results` validates their fields.
+    """
+    path = Path(path)
+    if not path.is_file():
+        if missing_ok:
+            return None
+        raise UserError(f"results file {path} does not exist")
+    text = path.read_text()
+    if not text.strip():
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); the evaluator writes it in place, so a crash can "
+                        f"truncate it (the launcher keeps a results.json.bak copy beside it)") from None
+    recs = data.get("_checkpoint", {}).get("records") if isinstance(data, dict) else None
+    if not isinstance(recs, list):
+        raise UserError(f"{path} has no _checkpoint.records list: not a leaderboard results file")
     return data

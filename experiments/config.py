@@ -114,10 +114,10 @@ _SMOKE_WORLD = ("criteria.seconds_per_meter=0.5", "traffic.green_s=4", "traffic.
                 "traffic.all_red_s=1")
 
 PRESETS: dict[str, ExperimentConfig] = {
-    # the README's main job: plain VAD vs VLM-AD (Q1+Q2), 2 seeds, short routes (about 15 min on 2 cores)
+    # the README's main job: plain VAD vs VLM-AD (Q1+Q2), 2 seeds, short routes (README: measured time)
     "main": ExperimentConfig(
         name="main job (embedded defaults)", out="runs/main", seeds=(0, 1),
-        train=TrainSpec(steps=600),
+        train=TrainSpec(steps=500),
     ),
     # the main job's plumbing check (what the test suite runs): 1-2 minutes
     "main_smoke": ExperimentConfig(
@@ -129,8 +129,8 @@ PRESETS: dict[str, ExperimentConfig] = {
     # the CPU-sized protocol of docs/experiments.md
     "cpu_protocol": ExperimentConfig(
         name="CPU protocol (offline world, vad_nano)", out="runs/cpu_protocol", seeds=(0, 1, 2),
-        data=DataSpec(collect=CollectSpec(drives=60, frames=40, image_size="320x180"), report_samples=24),
-        train=TrainSpec(steps=1500),
-        closed_loop=ClosedLoopSpec(routes=20, min_length=150.0, max_length=300.0),
+        data=DataSpec(collect=CollectSpec(drives=60, frames=40, image_size="160x90"), report_samples=24),
+        train=TrainSpec(steps=1000),
+        closed_loop=ClosedLoopSpec(routes=20, min_length=150.0, max_length=250.0),
     ),
 }

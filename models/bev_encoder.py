@@ -20,14 +20,47 @@ Temporal alignment, `bev_align` (models.vad.VADConfig):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from models.deform_attn import MSDeformAttn, ms_deform_attn_core
 from models.layers import FFN
+
+
+def invert_4x4(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of 4x4 matrices (..., 4, 4) by the adjugate (cofactors of 2x2 sub-determinants), in float64.
+
+    Used instead of `torch.linalg.inv` because it is plain arithmetic: it exports to ONNX (which has no
+    matrix inverse) and traces into one torch.compile graph. The transforms inverted here (ego motion,
+    BEV mounting) are rigid and well conditioned; float64 keeps the result as exact as LAPACK's."""
+    a = m.double()
+    g = [[a[..., i, j] for j in range(4)] for i in range(4)]
+    s0 = g[0][0] * g[1][1] - g[1][0] * g[0][1]
+    s1 = g[0][0] * g[1][2] - g[1][0] * g[0][2]
+    s2 = g[0][0] * g[1][3] - g[1][0] * g[0][3]
+    s3 = g[0][1] * g[1][2] - g[1][1] * g[0][2]
+    s4 = g[0][1] * g[1][3] - g[1][1] * g[0][3]
+    s5 = g[0][2] * g[1][3] - g[1][2] * g[0][3]
+    c5 = g[2][2] * g[3][3] - g[3][2] * g[2][3]
+    c4 = g[2][1] * g[3][3] - g[3][1] * g[2][3]
+    c3 = g[2][1] * g[3][2] - g[3][1] * g[2][2]
+    c2 = g[2][0] * g[3][3] - g[3][0] * g[2][3]
+    c1 = g[2][0] * g[3][2] - g[3][0] * g[2][2]
+    c0 = g[2][0] * g[3][1] - g[3][0] * g[2][1]
+    det = s0 * c5 - s1 * c4 + s2 * c3 + s3 * c2 - s4 * c1 + s5 * c0
+    rows = [
+        [g[1][1] * c5 - g[1][2] * c4 + g[1][3] * c3, -g[0][1] * c5 + g[0][2] * c4 - g[0][3] * c3,
+         g[3][1] * s5 - g[3][2] * s4 + g[3][3] * s3, -g[2][1] * s5 + g[2][2] * s4 - g[2][3] * s3],
+        [-g[1][0] * c5 + g[1][2] * c2 - g[1][3] * c1, g[0][0] * c5 - g[0][2] * c2 + g[0][3] * c1,
+         -g[3][0] * s5 + g[3][2] * s2 - g[3][3] * s1, g[2][0] * s5 - g[2][2] * s2 + g[2][3] * s1],
+        [g[1][0] * c4 - g[1][1] * c2 + g[1][3] * c0, -g[0][0] * c4 + g[0][1] * c2 - g[0][3] * c0,
+         g[3][0] * s4 - g[3][1] * s2 + g[3][3] * s0, -g[2][0] * s4 + g[2][1] * s2 - g[2][3] * s0],
+        [-g[1][0] * c3 + g[1][1] * c1 - g[1][2] * c0, g[0][0] * c3 - g[0][1] * c1 + g[0][2] * c0,
+         -g[3][0] * s3 + g[3][1] * s1 - g[3][2] * s0, g[2][0] * s3 - g[2][1] * s1 + g[2][2] * s0],
+    ]
+    inv = torch.stack([torch.stack(r, -1) for r in rows], -2) / det[..., None, None]
+    return inv.to(m.dtype)
 
 
 def bev_cell_centres(
@@ -55,7 +88,7 @@ def align_prev_bev(
     """
     b, hw, c = prev_bev.shape
     with torch.autocast(prev_bev.device.type, enabled=False):
-        prev_from_cur = torch.linalg.inv(cur_from_prev.float())
+        prev_from_cur = invert_4x4(cur_from_prev.float())
         _, metric = bev_cell_centres(bev_h, bev_w, pc_range, prev_bev.device)
         pts = metric[None] @ prev_from_cur[:, :2, :2].transpose(1, 2) + prev_from_cur[:, None, :2, 3]
         x0, y0, _, x1, y1, _ = pc_range
@@ -87,20 +120,22 @@ def rotate_prev_bev_official(
     b, hw, c = prev_bev.shape
     dev = prev_bev.device
     cx, cy = center[0] - bev_w * 0.5, center[1] - bev_h * 0.5  # torchvision: relative to the image centre
-    thetas = []
-    for a in angle_deg.detach().double().cpu().tolist():
-        rot = math.radians(-a)  # torchvision's rotate passes -angle to the inverse affine matrix
-        m = [math.cos(rot), math.sin(rot), 0.0, -math.sin(rot), math.cos(rot), 0.0]
-        m[2] += m[0] * (-cx) + m[1] * (-cy) + cx
-        m[5] += m[3] * (-cx) + m[4] * (-cy) + cy
-        thetas.append(m)
     with torch.autocast(dev.type, enabled=False):
+        # the inverse affine matrix in float64 on the device (torchvision builds it in Python floats):
+        # no host round trip, so the rotation traces into one graph (torch.compile, ONNX)
+        rot = torch.deg2rad(-angle_deg.detach().double())  # torchvision's rotate passes -angle
+        cos, sin = torch.cos(rot), torch.sin(rot)
+        tx = cos * (-cx) + sin * (-cy) + cx
+        ty = -sin * (-cx) + cos * (-cy) + cy
         img = prev_bev.float().transpose(1, 2).reshape(b, c, bev_h, bev_w)
-        theta = torch.tensor(thetas, dtype=img.dtype, device=dev).view(b, 2, 3)
-        base = torch.empty(1, bev_h, bev_w, 3, dtype=img.dtype, device=dev)
-        base[..., 0].copy_(torch.linspace(-bev_w * 0.5 + 0.5, bev_w * 0.5 - 0.5, bev_w, device=dev))
-        base[..., 1].copy_(torch.linspace(-bev_h * 0.5 + 0.5, bev_h * 0.5 - 0.5, bev_h, device=dev)[:, None])
-        base[..., 2].fill_(1)
+        theta = torch.stack([cos, sin, tx, -sin, cos, ty], -1).to(img.dtype).view(b, 2, 3)
+        # torchvision's base grid (pixel centres relative to the image centre, homogeneous), built without
+        # in-place slice writes (the ONNX exporter mistranslates those)
+        xs = torch.linspace(-bev_w * 0.5 + 0.5, bev_w * 0.5 - 0.5, bev_w, dtype=img.dtype, device=dev)
+        ys = torch.linspace(-bev_h * 0.5 + 0.5, bev_h * 0.5 - 0.5, bev_h, dtype=img.dtype, device=dev)
+        base = torch.stack(
+            [xs[None].expand(bev_h, -1), ys[:, None].expand(-1, bev_w), xs.new_ones(bev_h, bev_w)], -1
+        )[None]
         scale = torch.tensor([0.5 * bev_w, 0.5 * bev_h], dtype=img.dtype, device=dev)
         grid = base.view(1, -1, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale)
         out = F.grid_sample(
@@ -263,27 +298,60 @@ class SpatialCrossAttention(nn.Module):
         return query + self.dropout(self.output_proj(slots))
 
 
-def pack_visible(ref_cam: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def pack_visible(
+    ref_cam: torch.Tensor, mask: torch.Tensor, capacity: int | None = None
+) -> dict[str, torch.Tensor]:
     """The (query, camera) pairs where a camera sees a BEV query, as one flat list per sample.
 
     ref_cam (B, Ncam, HW, D, 2), mask (B, Ncam, HW, D) -> dict with query (B, N) and camera (B, N) long
-    indices, slot_valid (B, N) bool (samples with fewer pairs are padded), ref (B, N, D, 2) and count
-    (B, HW) = cameras seeing each query (>= 1). One host sync, for N.
+    indices, slot_valid (B, N) bool (samples with fewer pairs are padded), ref (B, N, D, 2), count
+    (B, HW) = cameras seeing each query (>= 1) and visible (B,) = visible pairs (may exceed N).
+
+    capacity None: N = the largest number of visible pairs in the batch (one host sync, for N).
+    capacity int: N = capacity, fixed; no data-dependent shape, so the forward is one graph
+    (torch.compile, ONNX). The visible pairs keep their camera-major grid order; with capacity = Ncam * HW
+    every pair fits whatever the calibration. Visibility depends on the calibration and the image size
+    only (not on the images), so for a fixed rig a smaller capacity (its visible count plus a margin, see
+    models/onnx_export.py) computes as little as the packed list; pairs beyond it would be dropped, which
+    the callers rule out by checking `visible` on the host (docs/deploy.md).
     """
     b, ncam, hw, d, _ = ref_cam.shape
     hit = mask.any(-1)  # (B, Ncam, HW)
-    n_hit = hit.flatten(1).sum(-1)
-    n = max(int(n_hit.max()), 1)
-    # visible pairs first (stable keeps camera-major grid order), then the first n
-    order = torch.argsort((~hit.flatten(1)).to(torch.int8), dim=-1, stable=True)[:, :n]
+    flat = hit.flatten(1)
+    n_hit = flat.sum(-1)
+    count = hit.sum(1).clamp(min=1)
+    if capacity is None:
+        n = max(int(n_hit.max()), 1)
+        # visible pairs first (stable keeps camera-major grid order), then the first n
+        order = torch.argsort((~flat).to(torch.int8), dim=-1, stable=True)[:, :n]
+    else:
+        # compaction by prefix sums, fixed size: visible pair i goes to slot (number of visible pairs
+        # before it); invisible ones and any beyond the capacity go to one extra slot that is cut off
+        n = capacity
+        slot = torch.cumsum(flat.to(torch.int32), -1) - 1
+        slot = torch.where(flat & (slot < n), slot, torch.full_like(slot, n)).long()
+        pair = torch.arange(flat.shape[1], device=mask.device)[None].expand(b, -1)
+        order = torch.zeros(b, n + 1, dtype=torch.long, device=mask.device).scatter(1, slot, pair)[:, :n]
     ref = ref_cam.flatten(1, 2).gather(1, order[..., None, None].expand(-1, -1, d, 2))
     return {
         "query": order % hw,
         "camera": torch.div(order, hw, rounding_mode="floor"),
         "slot_valid": torch.arange(n, device=mask.device)[None] < n_hit[:, None],
         "ref": ref,
-        "count": hit.sum(1).clamp(min=1),
+        "count": count,
+        "visible": n_hit,
     }
+
+
+def visible_pairs(
+    img_from_bev: torch.Tensor, img_hw: tuple[int, int], bev_h: int, bev_w: int, pc_range: tuple[float, ...],
+    num_heights: int,
+) -> torch.Tensor:
+    """(B,) number of (BEV query, camera) pairs that `pack_visible` keeps for projections img_from_bev
+    (B, Ncam, 4, 4) at image size img_hw: what a fixed capacity must hold."""
+    pts = pillar_points(bev_h, bev_w, pc_range, num_heights, img_from_bev.device)
+    _, mask = project_pillars(pts, img_from_bev, img_hw)
+    return mask.any(-1).flatten(1).sum(-1)
 
 
 class BEVFormerLayer(nn.Module):
@@ -337,7 +405,7 @@ class BEVFormerEncoder(nn.Module):
 
     forward(bev_query (B, HW, C), bev_pos (HW, C), value (B*Ncam, S, C), spatial_shapes, img_from_bev
     (B, Ncam, 4, 4), img_hw, prev_bev (B, HW, C) aligned or None, prev_valid (B,), shift (B, 2) or None:
-    VAD's reference-point shift of the temporal attention) -> (B, HW, C).
+    VAD's reference-point shift of the temporal attention, capacity: see `pack_visible`) -> (B, HW, C).
     """
 
     def __init__(
@@ -353,12 +421,14 @@ class BEVFormerEncoder(nn.Module):
         num_heights: int = 4,
         num_points_sca: int = 8,
         dropout: float = 0.1,
+        num_points_tsa: int = 4,
     ) -> None:
         super().__init__()
         self.bev_h, self.bev_w, self.pc_range, self.num_heights = bev_h, bev_w, tuple(pc_range), num_heights
         self.layers = nn.ModuleList(
             BEVFormerLayer(
-                embed_dims, num_heads, ffn_dims, num_levels, 4, num_points_sca, num_heights, dropout
+                embed_dims, num_heads, ffn_dims, num_levels, num_points_tsa, num_points_sca, num_heights,
+                dropout,
             )
             for _ in range(num_layers)
         )
@@ -374,14 +444,17 @@ class BEVFormerEncoder(nn.Module):
         prev_bev: torch.Tensor | None,
         prev_valid: torch.Tensor | None,
         shift: torch.Tensor | None = None,
+        capacity: int | None = None,
     ) -> torch.Tensor:
+        """capacity: fixed number of (query, camera) slots of the cross-attention (`pack_visible`), for one
+        graph; None = as many as visible (one host sync)."""
         dev = bev_query.device
         ref_2d, _ = bev_cell_centres(self.bev_h, self.bev_w, self.pc_range, dev)
         if shift is not None:
             ref_2d = ref_2d[None] + shift[:, None, :].to(ref_2d.dtype)  # (B, HW, 2)
         pts = pillar_points(self.bev_h, self.bev_w, self.pc_range, self.num_heights, dev)
         ref_cam, mask = project_pillars(pts, img_from_bev, img_hw)
-        packed = pack_visible(ref_cam, mask)
+        packed = pack_visible(ref_cam, mask, capacity)
         pos = bev_pos[None].to(bev_query.dtype)
         x = bev_query
         for layer in self.layers:

@@ -176,3 +176,23 @@ class MSDeformAttn(nn.Module):
         if self.output_proj is not None:
             out = self.output_proj(out)
         return out
+
+
+def inductor_keeping_grid_sample(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+    """torch.compile backend: inductor, except that on CPU `grid_sample` stays ATen's kernel.
+
+    Inductor decomposes `grid_sampler_2d` into per-corner gathers and weights; on CPU that generated code
+    is several times slower than ATen's vectorised kernel (measured at vad_nano's cross-attention sizes,
+    one thread: 171 ms vs 20 ms per call, docs/deploy.md), and every attention here is a `grid_sample`.
+    Keeping the op as an ATen call (an inductor fallback kernel) makes the compiled graph equal eager
+    there bit for bit. On CUDA inductor's own lowering is kept (its Triton kernel is competitive)."""
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    on_cpu = all(not isinstance(x, torch.Tensor) or x.device.type == "cpu" for x in example_inputs)
+    if not on_cpu:
+        return compile_fx(gm, example_inputs)
+    aten = torch.ops.aten
+    keep = {aten.grid_sampler_2d.default, aten.grid_sampler_2d.out}
+    table = {k: v for k, v in select_decomp_table().items() if k not in keep}
+    return compile_fx(gm, example_inputs, decompositions=table)

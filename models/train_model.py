@@ -1,7 +1,7 @@
 """The training-time model: the VAD driver plus, optionally, the VLM-AD auxiliary heads.
 
     TrainModel
-    ├── driver: VAD            the only thing a driving checkpoint contains (models.export)
+    ├── driver: VAD            the only thing a driving checkpoint contains (models.checkpoint_formats)
     └── aux: VLMADHeads | None reads outputs["f_ego"] after the driver has run; never called at inference
 
 The driver runs exactly as it would alone: the heads only read the ego feature it returns, so the plan
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.dummy_batch import feature_inputs
+from models.features import feature_inputs
 from models.vad import VAD
 from models.vlm_ad import VLMADConfig, VLMADHeads, vlm_ad_loss
 

@@ -34,7 +34,13 @@ from torch import nn
 
 from models import losses as L
 from models.backbone import ResNet
-from models.bev_encoder import BEVFormerEncoder, align_prev_bev, official_shift, rotate_prev_bev_official
+from models.bev_encoder import (
+    BEVFormerEncoder,
+    align_prev_bev,
+    invert_4x4,
+    official_shift,
+    rotate_prev_bev_official,
+)
 from models.decoders import (
     RefineDecoder,
     box_code_to_boxes,
@@ -44,11 +50,14 @@ from models.decoders import (
     points_bev_to_ego,
     vectors_bev_to_ego,
 )
+from models.deform_attn import inductor_keeping_grid_sample
+from models.features import can_bus_from_motion, padded_size, resized_size
 from models.fpn import FPN
 from models.layers import LearnedPositionalEncoding, cls_branch, reg_branch
 from models.motion_planning import LaneNet, MotionHead, PlanningHead, TrafficLightBranch
 from vlmad.errors import UserError
 from vlmad.frames import make_transform, rot_z
+from vlmad.horizon import FUT_STEPS, HIS_STEPS
 from vlmad.rig import NUSCENES_RIG
 
 BEV_ALIGN_MODES = ("official", "exact")
@@ -62,10 +71,11 @@ class VADConfig:
     # ---- input ----------------------------------------------------------------------------------------
     img_size_raw: tuple[int, int] = (1600, 900)  # (W, H) of the camera images before resizing
     img_scale: float = 0.8  # resize factor (Base 0.8 -> 1280x720, Tiny 0.4 -> 640x360)
-    pad_divisor: int = 32  # pad H and W up to a multiple of this (720 -> 736, 360 -> 384)
+    pad_divisor: int = 32  # pad H and W up to a multiple of this (720 -> 736, 360 -> 384); the resized size
+    # rounds down as VAD's (models.features.resized_size)
     img_norm: str = "torchvision"  # "torchvision" (RGB, ImageNet mean/std: matches torchvision ImageNet
     # weights) or "caffe" (BGR, mean 103.53/116.28/123.675, std 1: what the released VAD checkpoints need);
-    # models.preprocess.normalize_images applies it, the dataset and the agent must use the same
+    # models.features applies it (IMG_NORMS), for the dataset and the agent alike
     num_cams: int = 6  # cameras, in vlmad.rig.CAMERA_NAMES order
     # ---- backbone and neck ----------------------------------------------------------------------------
     backbone_width: int = 64  # ResNet stem width (64 = ResNet-50; smaller only for the test size)
@@ -96,14 +106,14 @@ class VADConfig:
     encoder_layers: int = 6  # BEVFormer layers (Base 6, Tiny 3)
     det_layers: int = 6  # detection decoder layers (Base 6, Tiny 3)
     map_layers: int = 6  # map decoder layers (Base 6, Tiny 3)
-    tsa_points: int = 4  # sampling points per head in temporal self-attention
+    tsa_points: int = 4  # sampling points per head in temporal self-attention (BEVFormer / VAD: 4)
     sca_points: int = 8  # sampling points per head and level in spatial cross-attention (over 4 heights)
     dec_points: int = 4  # sampling points per head in the decoders' BEV cross-attention
     # ---- detection / motion ---------------------------------------------------------------------------
     num_agent_queries: int = 300  # agent (detection) queries
     num_classes: int = 10  # nuScenes detection classes
     fut_mode: int = 6  # motion modes per agent
-    fut_ts: int = 6  # future steps (0.5 s) for motion and planning
+    fut_ts: int = FUT_STEPS  # future steps (vlmad.horizon.STEP_S apart) for motion and planning
     motion_map_thresh: float = 0.5  # lanes with a lower class score are not attended by motion queries
     motion_map_dis_thresh: float = 0.2  # normalised BEV units (VAD's dis_thresh): lanes whose point nearest
     # the grid corner is farther from the agent are not attended (0.2 = 6 m across, 12 m along the grid)
@@ -113,7 +123,7 @@ class VADConfig:
     map_num_classes: int = 3  # divider, ped_crossing, boundary
     # ---- planning -------------------------------------------------------------------------------------
     ego_fut_mode: int = 3  # command modes: 0 right, 1 left, 2 straight (vlmad.commands.Command)
-    ego_his_steps: int = 2  # past ego positions in inputs["ego_his"]
+    ego_his_steps: int = HIS_STEPS  # past ego positions in inputs["ego_his"]
     use_ego_his: bool = False  # add an ego-history embedding to the ego query (VAD default: off)
     plan_query_thresh: float = 0.0  # agents / lanes not above this score are left out of the ego query's
     # attention (VAD's query_thresh 0, no pad key: query_use_fix_pad=False)
@@ -168,10 +178,9 @@ class VADConfig:
 
     @property
     def img_hw(self) -> tuple[int, int]:
-        """(H, W) of the resized and padded model input."""
-        d = self.pad_divisor
-        w, h = round(self.img_size_raw[0] * self.img_scale), round(self.img_size_raw[1] * self.img_scale)
-        return math.ceil(h / d) * d, math.ceil(w / d) * d
+        """(H, W) of the resized and padded model input (models.features: the dataset's and the agent's)."""
+        w, h = padded_size(*resized_size(*self.img_size_raw, self.img_scale), self.pad_divisor)
+        return h, w
 
 
 @dataclass
@@ -215,6 +224,7 @@ class _Transformer(nn.Module):
             cfg.num_pillar_heights,
             cfg.sca_points,
             cfg.dropout,
+            num_points_tsa=cfg.tsa_points,
         )
         self.decoder = RefineDecoder(
             cfg.det_layers, c, cfg.num_heads, cfg.ffn_dims, cfg.dec_points, cfg.dropout
@@ -290,6 +300,12 @@ class VAD(nn.Module):
         self.register_buffer("pos_scale", torch.tensor([(ex1 - ex0) / 2, (ey1 - ey0) / 2]), persistent=False)
         e = torch.as_tensor(cfg.nominal_ego_from_bev(), dtype=torch.float32)
         self.register_buffer("nominal_ego_from_bev", e, persistent=False)
+        # fixed shapes in the BEV encoder (`sca_capacity` (query, camera) slots, masked; None = every pair)
+        # and no host sync: the forward is one graph (torch.compile fullgraph, ONNX). Set by
+        # models.onnx_export; also on whenever TorchDynamo traces. Off = eager packs exactly the visible
+        # pairs (one host sync). docs/deploy.md
+        self.static_shapes = False
+        self.sca_capacity: int | None = None
 
     # ------------------------------------------------------------------------------------------------
     # BEV
@@ -340,11 +356,11 @@ class VAD(nn.Module):
             e = e.float()
             img_from_bev = img_from_ego.float() @ e[:, None]  # VAD's lidar2img
             cur_from_prev = cur_from_prev.float()
-            prev_from_cur = torch.linalg.inv(cur_from_prev)
+            prev_from_cur = invert_4x4(cur_from_prev)  # no linalg.inv: ONNX has no matrix inverse
             # heading change since the previous frame (positive = turned left), BEVFormer's can_bus[-1]
             dyaw = torch.rad2deg(torch.atan2(prev_from_cur[:, 1, 0], prev_from_cur[:, 0, 0]))
         if cfg.can_bus_from_motion:
-            can_bus = torch.cat([prev_from_cur[:, :3, 3], can_bus[:, 3:17], dyaw[:, None]], -1)
+            can_bus = can_bus_from_motion(can_bus, prev_from_cur, dyaw)
         query = self.bev_embedding.weight[None] + self.transformer.can_bus_mlp(can_bus)[:, None]
         pos = self.positional_encoding()
         value, shapes = self._camera_value(feats, b)
@@ -353,7 +369,7 @@ class VAD(nn.Module):
             valid = prev.valid.bool() & prev_valid.bool()
             if cfg.bev_align == "exact":
                 with torch.autocast(dev.type, enabled=False):
-                    bcur_from_bprev = torch.linalg.inv(e) @ cur_from_prev @ e
+                    bcur_from_bprev = invert_4x4(e) @ cur_from_prev @ e
                 prev_bev = align_prev_bev(prev.bev, bcur_from_bprev, cfg.bev_h, cfg.bev_w, cfg.pc_range)
             else:
                 prev_bev = rotate_prev_bev_official(prev.bev, dyaw, cfg.bev_h, cfg.bev_w)
@@ -363,7 +379,7 @@ class VAD(nn.Module):
                 rot = self.nominal_ego_from_bev[:2, :2].to(dev)
                 shift = official_shift(disp @ rot, cfg.pc_range) * valid[:, None].float()
         return self.transformer.encoder(
-            query, pos, value, shapes, img_from_bev, img_hw, prev_bev, valid, shift
+            query, pos, value, shapes, img_from_bev, img_hw, prev_bev, valid, shift, self._capacity(),
         )
 
     def encode_bev(self, inputs: dict, state: BEVState | None = None) -> BEVState:
@@ -423,21 +439,25 @@ class VAD(nn.Module):
             )
         if "command" not in inputs:
             raise ValueError("inputs need 'command' (B,) long: 0 right, 1 left, 2 straight")
-        # calibration and ego motion are tiny: check them (a NaN there would silently poison the BEV) with
-        # one host sync; images are not scanned (a full-image pass per frame buys little)
         e = inputs.get("ego_from_bev")
         if e is not None and (e.dim() not in (3, 4) or tuple(e.shape[-2:]) != (4, 4)
                               or e.shape[0] != img.shape[0]):
             raise ValueError(
                 f"inputs['ego_from_bev'] must be (B, 4, 4) or (B, Tq, 4, 4), got {tuple(e.shape)}"
             )
-        names = ("img_from_ego", "can_bus", "cur_from_prev", "ego_his", "goal_point", "ego_from_bev")
-        keys = [k for k in names if k in inputs]
-        if keys:
-            finite = torch.stack([torch.isfinite(inputs[k]).all() for k in keys]).tolist()
-            bad = [k for k, ok in zip(keys, finite) if not ok]
-            if bad:
-                raise ValueError(f"inputs {bad} contain NaN or inf")
+        if not self._static():  # a traced graph cannot raise: its callers check (check_finite_inputs)
+            check_finite_inputs(inputs)
+
+    def _capacity(self) -> int | None:
+        """Cross-attention slots of the BEV encoder: fixed when static (`sca_capacity`, default every
+        (query, camera) pair), None in eager mode (exactly the visible pairs)."""
+        if not self._static():
+            return None
+        return self.sca_capacity or self.cfg.num_cams * self.cfg.bev_h * self.cfg.bev_w
+
+    def _static(self) -> bool:
+        """Fixed shapes, no host sync: `static_shapes` set, or TorchDynamo (compile, export) tracing."""
+        return self.static_shapes or torch.compiler.is_compiling()
 
     def forward(self, inputs: dict, state: BEVState | None = None) -> tuple[dict, BEVState]:
         """Inputs -> (outputs, new state). See the module docstring for the inputs.
@@ -582,19 +602,46 @@ class VAD(nn.Module):
         ]
 
 
-def compile_for_inference(model: VAD, heads_only: bool = False, backend: str = "inductor") -> VAD:
+FINITE_INPUTS = ("img_from_ego", "can_bus", "cur_from_prev", "ego_his", "goal_point", "ego_from_bev")
+
+
+def check_finite_inputs(inputs: dict) -> None:
+    """ValueError naming the calibration / ego-motion inputs that hold NaN or inf (one host sync).
+
+    These are tiny; a NaN there would silently poison the BEV. Images are not scanned (a full-image pass per
+    frame buys little). `VAD.forward` calls it in eager mode; a compiled or exported model cannot, so its
+    caller does (the agent's torch.compile / onnxruntime backends)."""
+    keys = [k for k in FINITE_INPUTS if inputs.get(k) is not None]
+    if keys:
+        finite = torch.stack([torch.isfinite(torch.as_tensor(inputs[k])).all() for k in keys]).tolist()
+        bad = [k for k, ok in zip(keys, finite) if not ok]
+        if bad:
+            raise ValueError(f"inputs {bad} contain NaN or inf")
+
+
+def compile_for_inference(
+    model: VAD, heads_only: bool = False, backend: str = "inductor", sca_capacity: int | None = None
+) -> VAD:
     """`torch.compile` a VAD for inference (eval mode, same call signature; the weights stay shared).
 
-    heads_only=False compiles the whole `forward`; TorchDynamo splits it where the BEV encoder needs the
-    host (the input finiteness check, the number of visible (query, camera) pairs in `pack_visible`, the
-    history rotation angles), so the encoder runs as a few graphs. heads_only=True compiles `decode` alone
-    with `fullgraph=True`: the heads have no data-dependent shapes (motion / planning lane selection and
-    the score thresholds are masks over fixed-size keys), so they are one graph, and any regression that
-    introduces a data-dependent shape there fails loudly at the first call. The first call compiles
-    (minutes on a small CPU, see docs/deploy.md); later calls with the same shapes reuse the graphs.
-    backend: torch.compile's backend ("inductor" generates kernels; "aot_eager" only traces, for tests)."""
+    Both forms use `fullgraph=True`: any graph break (data-dependent shape, host sync) raises at the first
+    call instead of silently splitting the graph. heads_only=False compiles the whole `forward` as one
+    graph: under TorchDynamo the BEV encoder takes its fixed-shape path (`sca_capacity` (query, camera)
+    slots, masked) and the input finiteness check is left to the caller
+    (`check_finite_inputs`; a graph cannot raise). heads_only=True compiles `decode` alone (motion /
+    planning lane selection and the score thresholds are masks over fixed-size keys). The first call
+    compiles (a minute or more on a small CPU, see docs/deploy.md); later calls with the same shapes and
+    the same presence of a previous state reuse the graph.
+    backend: torch.compile's backend ("inductor" generates kernels, here with ATen's grid_sample on CPU:
+    models.deform_attn.inductor_keeping_grid_sample; "aot_eager" / "eager" only trace, for tests).
+    sca_capacity: the BEV encoder's fixed number of (query, camera) slots (models.onnx_export.sca_capacity
+    of the rig; None = every pair, any calibration); the caller checks that its calibration fits
+    (models.onnx_export.CapacityGuard)."""
     model.eval()
+    model.sca_capacity = sca_capacity
+    if backend == "inductor":  # inductor, with ATen's grid_sample on CPU (several times faster there)
+        backend = inductor_keeping_grid_sample  # type: ignore[assignment]
     if heads_only:
         model.decode = torch.compile(model.decode, fullgraph=True, backend=backend)  # type: ignore[method-assign]
         return model
-    return torch.compile(model, backend=backend)  # type: ignore[return-value]
+    return torch.compile(model, fullgraph=True, backend=backend)  # type: ignore[return-value]

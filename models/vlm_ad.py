@@ -1,7 +1,7 @@
 """VLM-AD auxiliary heads and losses (Xu et al., CoRL 2025; docs/facts.md section 5). Training only.
 
 The heads read the planner's ego feature f_ego and nothing else; the driving model never calls them, so
-removing them (see `models.export`) leaves inference unchanged bit for bit.
+removing them (see `models.checkpoint_formats`) leaves inference unchanged bit for bit.
 
 Text alignment head (Q1): for each text target (current action, future action, reasoning) one learnable
 query runs through its own stack of multi-head cross-attention layers (8 heads, 3 layers; key = value =

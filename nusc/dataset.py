@@ -2,13 +2,13 @@
 
 One item is the model input of one keyframe plus (optionally) its training targets, as specified in
 docs/data_contract.md. Inputs are built by `build_features` from a copy of the records that holds only
-the keys in `FEATURE_KEYS`, so nothing downstream of a feature can depend on ground truth; targets are
-built separately by `build_targets`.
+the keys in `models.features.RECORD_KEYS`, so nothing downstream of a feature can depend on ground truth;
+targets are built separately by `build_targets`. Image size, normalisation and the CAN-bus form are the
+model-input contract's (models/features.py), shared with the CARLA agent (agent/sensing.py).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,34 +17,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from models.features import (
+    RECORD_KEYS,
+    can_bus_delta,
+    check_norm,
+    normalise_planes_into,
+    padded_size,
+    resize_image,
+    resized_size,
+)
 from nusc.records import PATCH_X, PATCH_Y
 from vlmad.errors import UserError
 from vlmad.frames import img_from_ego_calibrated, relative_motion
 from vlmad.rig import CAMERA_NAMES
-
-# Pixel statistics on 0..255 images (mmcv's conventions, which VAD's configs use).
-TORCHVISION_MEAN_RGB = (123.675, 116.28, 103.53)  # ImageNet mean x 255, RGB order
-TORCHVISION_STD_RGB = (58.395, 57.12, 57.375)  # ImageNet std x 255, RGB order
-CAFFE_MEAN_BGR = (103.53, 116.28, 123.675)  # released VAD checkpoints (VAD issue #9): BGR, std 1
-
-# Record keys the feature builder may see (everything else, e.g. ego_fut and agents, is ground truth).
-FEATURE_KEYS = (
-    "token",
-    "scene_token",
-    "scene_name",
-    "timestamp",
-    "prev",
-    "frame_idx",
-    "world_from_ego",
-    "ego_from_lidar",
-    "cams",
-    "can_bus",
-    "can_bus_derived",
-    "command",
-    "ego_his",
-    "ego_his_mask",
-    "goal_point",  # the route's target point (data recorded from a route only; an input at drive time)
-)
 
 
 @dataclass
@@ -54,19 +39,16 @@ class DatasetConfig:
     queue_length: int = 3  # frames in the temporal queue including the current one (VAD-Tiny 3, VAD-Base 4)
     img_scale: float = 0.4  # resize factor of the source images (VAD-Tiny 0.4: 1600x900 -> 640x360; Base 0.8)
     pad_divisor: int = 32  # images are zero-padded (bottom/right) to a multiple of this (640x360 -> 640x384)
-    normalisation: str = (
-        "torchvision"  # "torchvision": RGB, ImageNet mean/std; "caffe": BGR, mean only (std 1)
-    )
+    normalisation: str = "torchvision"  # a models.features.IMG_NORMS name ("caffe": BGR, mean only)
     cameras: tuple[str, ...] = CAMERA_NAMES  # camera order of the `img` axis
     fast_decode: bool = False  # decode JPEGs at half size when img_scale <= 0.5 (faster, not bit-identical)
     agent_range: tuple[float, float] = (PATCH_X / 2, PATCH_Y / 2)  # |x|, |y| limits (m) of target agents
 
 
-def padded_size(width: int, height: int, cfg: DatasetConfig) -> tuple[int, int, int, int]:
+def image_sizes(width: int, height: int, cfg: DatasetConfig) -> tuple[int, int, int, int]:
     """(resized w, resized h, padded w, padded h) for a source image of `width` x `height`."""
-    w, h = int(width * cfg.img_scale + 0.5), int(height * cfg.img_scale + 0.5)
-    d = cfg.pad_divisor
-    return w, h, int(math.ceil(w / d) * d), int(math.ceil(h / d) * d)
+    w, h = resized_size(width, height, cfg.img_scale)
+    return (w, h, *padded_size(w, h, cfg.pad_divisor))
 
 
 def load_image(path: Path, cfg: DatasetConfig) -> np.ndarray:
@@ -81,28 +63,8 @@ def load_image(path: Path, cfg: DatasetConfig) -> np.ndarray:
     return bgr
 
 
-def _normalise_into(bgr: np.ndarray, out: np.ndarray, cfg: DatasetConfig) -> None:
-    """Write the normalised planes of a uint8 BGR image (h, w, 3) into `out` (3, h, w) float32.
-
-    Per-plane in-place arithmetic: ~25x faster than `(img[..., ::-1] - mean) / std` on a strided view.
-    """
-    planes = cv2.split(bgr)  # contiguous B, G, R planes
-    if cfg.normalisation == "caffe":
-        order, mean, scale = (0, 1, 2), CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
-    elif cfg.normalisation == "torchvision":
-        order, mean, scale = (2, 1, 0), TORCHVISION_MEAN_RGB, tuple(1.0 / s for s in TORCHVISION_STD_RGB)
-    else:
-        raise UserError(f"normalisation {cfg.normalisation!r} must be 'torchvision' or 'caffe'")
-    for c, src in enumerate(order):
-        o = out[c]
-        o[...] = planes[src]
-        o -= np.float32(mean[c])
-        if scale[c] != 1.0:
-            o *= np.float32(scale[c])
-
-
 def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cfg: DatasetConfig) -> dict:
-    """Model inputs of one sample from its queue records (FEATURE_KEYS only; last = current).
+    """Model inputs of one sample from its queue records (RECORD_KEYS only; last = current).
 
     img (Tq, Ncam, 3, H, W) float32; img_from_ego (Tq, Ncam, 4, 4); can_bus (Tq, 18) in BEVFormer's
     queue form ([0:3] and [17] relative to the previous queue frame, zero where prev_valid is False);
@@ -111,7 +73,7 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
     goal_point (2,): the route's target point in the ego frame, when the record has one.
     """
     sizes = [
-        padded_size(r["cams"][c]["width"], r["cams"][c]["height"], cfg) for r in queue for c in cfg.cameras
+        image_sizes(r["cams"][c]["width"], r["cams"][c]["height"], cfg) for r in queue for c in cfg.cameras
     ]
     pad_w, pad_h = max(s[2] for s in sizes), max(s[3] for s in sizes)
     tq, nc = len(queue), len(cfg.cameras)
@@ -122,27 +84,20 @@ def build_features(queue: list[dict], prev_valid: list[bool], dataroot: Path, cf
             cam = rec["cams"].get(name)
             if cam is None:
                 raise UserError(f"sample {rec['token']} has no camera {name}; cameras: {sorted(rec['cams'])}")
-            w, h, _, _ = padded_size(cam["width"], cam["height"], cfg)
-            bgr = load_image(dataroot / cam["path"], cfg)
-            if bgr.shape[:2] != (h, w):
-                bgr = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR)
-            _normalise_into(bgr, img[t, c, :, :h, :w], cfg)
+            w, h, _, _ = image_sizes(cam["width"], cam["height"], cfg)
+            bgr = resize_image(load_image(dataroot / cam["path"], cfg), w, h)
+            normalise_planes_into(bgr, img[t, c, :, :h, :w], cfg.normalisation)
             img_from_ego[t, c] = img_from_ego_calibrated(
                 cam["intrinsics"], cam["ego_from_cam"], w / cam["width"], h / cam["height"]
             )
-    can_bus = np.stack([np.asarray(r["can_bus"], np.float64) for r in queue]).copy()
+    raw_bus = [np.asarray(r["can_bus"], np.float64) for r in queue]
+    has_prev = [t > 0 and prev_valid[t] for t in range(tq)]  # prev_valid[0] is always False (queue_indices)
+    prev_bus = [raw_bus[t - 1] if has_prev[t] else None for t in range(tq)]
+    can_bus = np.stack([can_bus_delta(cur, prev) for cur, prev in zip(raw_bus, prev_bus)])
     cur_from_prev = np.tile(np.eye(4), (tq, 1, 1))
-    prev_pos, prev_angle = can_bus[0, :3].copy(), can_bus[0, -1]
-    for t in range(tq):
-        pos, angle = can_bus[t, :3].copy(), can_bus[t, -1]
-        if prev_valid[t]:
-            can_bus[t, :3] -= prev_pos
-            can_bus[t, -1] -= prev_angle
+    for t in range(1, tq):
+        if has_prev[t]:
             cur_from_prev[t] = relative_motion(queue[t - 1]["world_from_ego"], queue[t]["world_from_ego"])
-        else:
-            can_bus[t, :3] = 0.0
-            can_bus[t, -1] = 0.0
-        prev_pos, prev_angle = pos, angle
     cur = queue[-1]
     extra = {}
     if cur.get("ego_from_lidar") is not None:  # VAD's grid is centred on LIDAR_TOP (models/vad.py)
@@ -216,13 +171,12 @@ class NuScenesVADDataset(Dataset):
         self.dataroot = Path(dataroot)
         self.cfg = cfg or DatasetConfig()
         self.with_targets = with_targets
-        if self.cfg.normalisation not in ("torchvision", "caffe"):
-            raise UserError(f"normalisation {self.cfg.normalisation!r} must be 'torchvision' or 'caffe'")
+        check_norm(self.cfg.normalisation)
         if self.cfg.queue_length < 1:
             raise UserError(f"queue_length must be >= 1, got {self.cfg.queue_length}")
         self.by_token = {r["token"]: i for i, r in enumerate(infos)}
         # features see a ground-truth-free copy of each record
-        self.feature_view = [{k: r[k] for k in FEATURE_KEYS if k in r} for r in infos]
+        self.feature_view = [{k: r[k] for k in RECORD_KEYS if k in r} for r in infos]
 
     def __len__(self) -> int:
         return len(self.infos)

@@ -29,10 +29,9 @@ from vlmad.frames import (
     world_to_ego,
     yaw_of,
 )
+from vlmad.horizon import FUT_STEPS, HIS_STEPS
 from vlmad.rig import CAMERA_NAMES
 
-FUT_STEPS = 6  # future keyframes (0.5 s apart: 3 s)
-HIS_STEPS = 2  # past keyframes (-1.0 s, -0.5 s)
 PATCH_X, PATCH_Y = 60.0, 30.0  # map patch, metres along ego x (forward) and y (left), centred on the ego
 MAP_POINTS = 20  # points per map vector
 LIDAR = "LIDAR_TOP"

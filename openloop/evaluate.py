@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from vlmad.errors import UserError
 from vlmad.frames import lidar_xy_to_ego
+from vlmad.horizon import FUT_STEPS
 from vlmad.io import atomic_write_text
 
 from .gt import GroundTruth, SampleGT
@@ -27,7 +28,6 @@ from .metrics import (
     CONVENTION_DOC,
     CONVENTIONS,
     HORIZONS_S,
-    NUM_STEPS,
     CollisionConfig,
     box_collisions,
     l2_per_step,
@@ -56,9 +56,9 @@ def parse_predictions(obj: Any, source: str = "predictions") -> dict[str, np.nda
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):
             arr = None
-        if arr is None or arr.shape != (NUM_STEPS, 2):
+        if arr is None or arr.shape != (FUT_STEPS, 2):
             shape = "ragged or non-numeric" if arr is None else f"shape {list(arr.shape)}"
-            raise UserError(f"{source}: token {tok!r}: expected a list of {NUM_STEPS} [x, y] positions "
+            raise UserError(f"{source}: token {tok!r}: expected a list of {FUT_STEPS} [x, y] positions "
                             f"(metres), got {shape}")
         if not np.isfinite(arr).all():
             raise UserError(f"{source}: token {tok!r}: positions contain NaN or infinity")
@@ -158,9 +158,9 @@ def evaluate_predictions(gt: GroundTruth, preds: dict[str, np.ndarray], geometry
                         f"without 6 future keyframes): wrong --dataroot/--version?")
 
     n = len(tokens)
-    l2 = np.zeros((n, NUM_STEPS))
-    col = np.zeros((n, NUM_STEPS), bool)
-    gt_col = np.zeros((n, NUM_STEPS), bool)
+    l2 = np.zeros((n, FUT_STEPS))
+    col = np.zeros((n, FUT_STEPS), bool)
+    gt_col = np.zeros((n, FUT_STEPS), bool)
     rows = []
     for i, tok in enumerate(tqdm(tokens, desc="open-loop eval", unit="sample", disable=not progress)):
         s = gt.samples[tok]
@@ -173,9 +173,9 @@ def evaluate_predictions(gt: GroundTruth, preds: dict[str, np.ndarray], geometry
         col[i] = box_collisions(pred, *agents, cfg, origin)
         gt_col[i] = box_collisions(target, *agents, cfg, origin)
         row: dict[str, Any] = {"token": tok, "scene": s.scene_name, "frame_idx": s.frame_idx}
-        row.update({f"l2_t{t + 1}": round(float(l2[i, t]), 6) for t in range(NUM_STEPS)})
-        row.update({f"col_t{t + 1}": int(col[i, t]) for t in range(NUM_STEPS)})
-        row.update({f"gt_col_t{t + 1}": int(gt_col[i, t]) for t in range(NUM_STEPS)})
+        row.update({f"l2_t{t + 1}": round(float(l2[i, t]), 6) for t in range(FUT_STEPS)})
+        row.update({f"col_t{t + 1}": int(col[i, t]) for t in range(FUT_STEPS)})
+        row.update({f"gt_col_t{t + 1}": int(gt_col[i, t]) for t in range(FUT_STEPS)})
         rows.append(row)
 
     out: dict[str, Any] = {"num_samples": n}

@@ -26,9 +26,8 @@ from nusc.classes import detection_label
 from nusc.infos import check_layout
 from vlmad.errors import UserError
 from vlmad.frames import invert_transform, pose_to_matrix, quat_to_rotmat, world_to_ego, yaw_of
+from vlmad.horizon import FUT_STEPS
 from vlmad.io import atomic_write_bytes, sha256_bytes
-
-from .metrics import NUM_STEPS
 
 CACHE_FORMAT = 2  # bump when the cached arrays change meaning
 
@@ -112,13 +111,13 @@ def _sample_gt(nusc, sample: dict, scene_name: str, frame_idx: int, poses: dict)
     # the next 6 keyframes of the same scene
     future: list[str] = []
     nxt = sample["next"]
-    while nxt and len(future) < NUM_STEPS:
+    while nxt and len(future) < FUT_STEPS:
         future.append(nxt)
         nxt = nusc.get("sample", nxt)["next"]
-    ego_fut = np.zeros((NUM_STEPS, 2))
-    ego_fut_yaw = np.zeros(NUM_STEPS)
-    ego_fut_mask = np.zeros(NUM_STEPS, dtype=bool)
-    lidar_fut = np.zeros((NUM_STEPS, 2))
+    ego_fut = np.zeros((FUT_STEPS, 2))
+    ego_fut_yaw = np.zeros(FUT_STEPS)
+    ego_fut_mask = np.zeros(FUT_STEPS, dtype=bool)
+    lidar_fut = np.zeros((FUT_STEPS, 2))
     for i, tok in enumerate(future):
         rel = ego_from_world @ poses[tok][0]
         ego_fut[i] = rel[:2, 3]
@@ -133,9 +132,9 @@ def _sample_gt(nusc, sample: dict, scene_name: str, frame_idx: int, poses: dict)
     anns = [nusc.get("sample_annotation", t) for t in sample["anns"]]
     anns = [a for a in anns if detection_label(a["category_name"]) >= 0]
     n = len(anns)
-    xyz = np.zeros((n, NUM_STEPS + 1, 3))
-    yaw = np.zeros((n, NUM_STEPS + 1))
-    mask = np.zeros((n, NUM_STEPS + 1), dtype=bool)
+    xyz = np.zeros((n, FUT_STEPS + 1, 3))
+    yaw = np.zeros((n, FUT_STEPS + 1))
+    mask = np.zeros((n, FUT_STEPS + 1), dtype=bool)
     for a, ann in enumerate(anns):
         rec, step = ann, 0
         while True:
@@ -219,16 +218,16 @@ def save_cache(gt: GroundTruth, path: str | Path, fingerprint: dict) -> None:
         "world_from_ego": np.stack([x.world_from_ego for x in s]) if s else np.zeros((0, 4, 4)),
         "ego_from_lidar": np.stack([eye_nan if x.ego_from_lidar is None else x.ego_from_lidar for x in s])
         if s else np.zeros((0, 4, 4)),
-        "ego_fut": np.stack([x.ego_fut for x in s]) if s else np.zeros((0, NUM_STEPS, 2)),
-        "ego_fut_mask": np.stack([x.ego_fut_mask for x in s]) if s else np.zeros((0, NUM_STEPS), bool),
-        "ego_fut_yaw": np.stack([x.ego_fut_yaw for x in s]) if s else np.zeros((0, NUM_STEPS)),
-        "lidar_fut": np.stack([x.lidar_fut for x in s]) if s else np.zeros((0, NUM_STEPS, 2)),
+        "ego_fut": np.stack([x.ego_fut for x in s]) if s else np.zeros((0, FUT_STEPS, 2)),
+        "ego_fut_mask": np.stack([x.ego_fut_mask for x in s]) if s else np.zeros((0, FUT_STEPS), bool),
+        "ego_fut_yaw": np.stack([x.ego_fut_yaw for x in s]) if s else np.zeros((0, FUT_STEPS)),
+        "lidar_fut": np.stack([x.lidar_fut for x in s]) if s else np.zeros((0, FUT_STEPS, 2)),
         "agent_offsets": np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         "agent_box": cat("agent_box", (7,)),
         "agent_label": cat("agent_label", ()).astype(np.int64),
-        "agent_fut_xy": cat("agent_fut_xy", (NUM_STEPS, 2)),
-        "agent_fut_yaw": cat("agent_fut_yaw", (NUM_STEPS,)),
-        "agent_fut_mask": cat("agent_fut_mask", (NUM_STEPS,)).astype(bool),
+        "agent_fut_xy": cat("agent_fut_xy", (FUT_STEPS, 2)),
+        "agent_fut_yaw": cat("agent_fut_yaw", (FUT_STEPS,)),
+        "agent_fut_mask": cat("agent_fut_mask", (FUT_STEPS,)).astype(bool),
     }
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)

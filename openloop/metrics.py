@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-NUM_STEPS = 6  # planning horizon, 0.5 s steps (3 s)
-STEP_S = 0.5  # seconds per step
+from vlmad.horizon import FUT_STEPS, STEP_S
+
 HORIZONS_S = (1, 2, 3)  # reported horizons; step index (1-based) = 2 * k
 CONVENTIONS = ("vad", "uniad")
 
@@ -207,7 +207,7 @@ def rasterise_agents(agent_xy: np.ndarray, agent_yaw: np.ndarray, agent_size: np
                      agent_mask: np.ndarray, cfg: CollisionConfig) -> np.ndarray:
     """Full occupancy grids (T, H, W) bool of the agents (see `box_collisions` for shapes)."""
     agent_mask = np.asarray(agent_mask, dtype=bool)
-    t = agent_mask.shape[1] if agent_mask.ndim == 2 else NUM_STEPS
+    t = agent_mask.shape[1] if agent_mask.ndim == 2 else FUT_STEPS
     agent_xy = np.asarray(agent_xy, dtype=np.float64).reshape(-1, t, 2)
     agent_yaw = np.asarray(agent_yaw, dtype=np.float64).reshape(-1, t)
     size = np.asarray(agent_size, dtype=np.float64).reshape(-1, 2)
@@ -233,8 +233,8 @@ def rasterise_ego(traj: np.ndarray, cfg: CollisionConfig, origin: np.ndarray | N
 def horizon_values(per_step: np.ndarray, convention: str) -> np.ndarray:
     """Per-sample values at 1/2/3 s. per_step: (N, 6) float -> (N, 3) under `convention`."""
     per_step = np.asarray(per_step, dtype=np.float64)
-    if per_step.ndim != 2 or per_step.shape[1] != NUM_STEPS:
-        raise ValueError(f"per_step must be (N, {NUM_STEPS}), got {per_step.shape}")
+    if per_step.ndim != 2 or per_step.shape[1] != FUT_STEPS:
+        raise ValueError(f"per_step must be (N, {FUT_STEPS}), got {per_step.shape}")
     steps = [int(k / STEP_S) for k in HORIZONS_S]  # 2, 4, 6
     if convention == "vad":
         return np.stack([per_step[:, :s].mean(axis=1) for s in steps], axis=1)
@@ -259,8 +259,8 @@ def summarise(l2: np.ndarray, col: np.ndarray, gt_col: np.ndarray) -> dict[str, 
     l2: (N, 6) metres; col, gt_col: (N, 6) bool. A step counts as a collision when `col & ~gt_col`.
     Returns {"vad": {"l2": {...}, "collision": {...}}, "uniad": {...}}, collision in percent.
     """
-    l2 = np.asarray(l2, dtype=np.float64).reshape(-1, NUM_STEPS)
-    counted = (np.asarray(col, bool) & ~np.asarray(gt_col, bool)).reshape(-1, NUM_STEPS).astype(np.float64)
+    l2 = np.asarray(l2, dtype=np.float64).reshape(-1, FUT_STEPS)
+    counted = (np.asarray(col, bool) & ~np.asarray(gt_col, bool)).reshape(-1, FUT_STEPS).astype(np.float64)
     return {conv: {"l2": _table(horizon_values(l2, conv), 1.0),
                    "collision": _table(horizon_values(counted, conv), 100.0)}
             for conv in CONVENTIONS}

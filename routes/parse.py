@@ -39,6 +39,20 @@ WEATHER_KEYS = ("cloudiness", "precipitation", "precipitation_deposits", "wind_i
                 "sun_azimuth_angle", "sun_altitude_angle", "wetness", "fog_distance", "fog_density",
                 "fog_falloff")
 DEFAULT_WEATHER = {"sun_altitude_angle": 70.0, "cloudiness": 30.0}  # no <weather>: the leaderboard's default
+ROUTE_NAME_PREFIX = "RouteScenario_"  # the leaderboard names a route "RouteScenario_<id>" (its RouteScenario)
+
+
+def route_name(route_id: str | int) -> str:
+    """The leaderboard's name of route `route_id` in results files ("16" -> "RouteScenario_16"); a name
+    already in that form is returned unchanged."""
+    s = str(route_id)
+    return s if s.startswith(ROUTE_NAME_PREFIX) else f"{ROUTE_NAME_PREFIX}{s}"
+
+
+def route_id_of(name: str | int) -> str:
+    """Inverse of `route_name`: "RouteScenario_16" -> "16"; other strings are returned unchanged."""
+    s = str(name)
+    return s[len(ROUTE_NAME_PREFIX):] if s.startswith(ROUTE_NAME_PREFIX) else s
 
 
 @dataclass
@@ -81,7 +95,7 @@ class Route:
     @property
     def name(self) -> str:
         """The leaderboard's `route_id` in results files."""
-        return f"RouteScenario_{self.id}"
+        return route_name(self.id)
 
 
 def _float(el: ET.Element, key: str, where: str, default: float | None = None) -> float:
@@ -135,6 +149,17 @@ def parse_routes(path: str | Path) -> list[Route]:
     if not routes:
         raise UserError(f"route file {path} holds no <route> element")
     return routes
+
+
+def select_routes(routes: list[Route], ids: list[str] | None) -> list[Route]:
+    """The routes whose id is in `ids`, in file order (all of them when `ids` is None); a `UserError` for
+    an id the file does not hold."""
+    if ids is None:
+        return list(routes)
+    unknown = sorted(set(ids) - {r.id for r in routes})
+    if unknown:
+        raise UserError(f"route ids {unknown} are not in the route file (it has {[r.id for r in routes]})")
+    return [r for r in routes if r.id in ids]
 
 
 def shard_routes(routes: list[Route], n: int) -> list[list[Route]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from teacher.config import TeacherConfig
 from teacher.runner import VIEWS, annotate, dry_run_estimate, load_records
 from teacher.store import AnnotationStore
+from vlmad.cli import script_parser
 from vlmad.config import load_config, save_resolved
 from vlmad.errors import UserError, cli_main
 
@@ -39,8 +40,7 @@ FLAG_FIELDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.annotate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.annotate", __doc__)
     p.add_argument("--dataroot", required=True, help="nuScenes-format dataset root")
     p.add_argument("--version", default="v1.0-trainval", help="dataset version folder")
     p.add_argument("--store", required=True, type=Path, help="SQLite annotation store (created / resumed)")

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import html
 import random
 from collections import Counter
@@ -27,6 +26,7 @@ import numpy as np
 from teacher.answers import word_count
 from teacher.prompts import ACTION_KINDS, ACTION_LABELS, TEXT_KINDS
 from teacher.store import Annotation, AnnotationStore
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_bytes, atomic_write_text
 
@@ -191,8 +191,7 @@ img{{max-width:100%}} td{{vertical-align:top;padding:2px 6px}} .failed,.partial{
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.annotation_report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.annotation_report", __doc__)
     p.add_argument("--store", required=True, type=Path, help="annotation store")
     p.add_argument("--out-dir", required=True, type=Path, help="output folder")
     p.add_argument("--model", help="which model's answers (when the store has several)")

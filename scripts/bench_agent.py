@@ -27,11 +27,12 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from agent.synthetic import camera_images, input_data, leaderboard_plans, turning_route
 from agent.vad_agent import VADAgent
+from models.checkpoint_formats import export_driving_checkpoint
 from models.configs import get_config
-from models.export import export_driving_checkpoint
 from models.vad import VAD
+from synthetic.leaderboard import camera_images, input_data, leaderboard_plans, turning_route
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.frames import se2_pose
 from vlmad.io import atomic_write_json
@@ -100,8 +101,7 @@ def print_result(r: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.bench_agent", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_agent", __doc__)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="config of a random-init export (vad_nano, vad_tiny, vad_base, ...)")
     src.add_argument("--checkpoint", type=Path, help="exported driving checkpoint folder")

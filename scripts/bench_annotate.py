@@ -10,24 +10,23 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 
+from synthetic.vlm_server import FakeVLMServer
 from teacher.backends.http import HttpClient, RetryPolicy
 from teacher.backends.openai_chat import ChatTeacher
 from teacher.config import TeacherConfig
-from teacher.fake_server import FakeVLMServer
 from teacher.runner import annotate
 from teacher.store import AnnotationStore
+from vlmad.cli import script_parser
 from vlmad.errors import cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.bench_annotate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.bench_annotate", __doc__)
     p.add_argument("--delay", type=float, default=0.2, help="server answer delay per request, seconds")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16], help="levels to measure")
     p.add_argument("--scenes", type=int, default=4, help="synthetic scenes")
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from nusc.infos import build_or_load_infos
-    from nusc.synthetic import make_synthetic_dataset
+    from synthetic.nuscenes import make_synthetic_dataset
 
     results: dict = {"delay_s": args.delay, "runs": []}
     with tempfile.TemporaryDirectory(prefix="bench_annotate_") as tmp:

@@ -20,7 +20,6 @@ The machine is shared and noisy: run it twice, and compare medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -39,6 +38,8 @@ from carla_eval.bridge import protocol as P
 from carla_eval.bridge.probe_agent import ProbeAgent, synthetic_input, synthetic_route
 from carla_eval.bridge.py37_agent import BridgeAgent, prepare_input
 from models.configs import get_config
+from models.features import resized_size
+from vlmad.cli import script_parser
 from vlmad.errors import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,12 +48,11 @@ CASES = ("unix+shm", "unix", "tcp")
 
 
 def checkpoint_sizes(names: list[str]) -> dict[str, tuple[int, int]]:
-    """(W, H) before padding of each model config, rounded as agent.sensing.ImageInput does."""
+    """(W, H) before padding of each model config (models.features.resized_size, as the agent)."""
     out = {"full 1600x900": FULL}
     for name in names:
         cfg = get_config(name)
-        w, h = cfg.img_size_raw
-        out[name] = (int(w * cfg.img_scale + 0.5), int(h * cfg.img_scale + 0.5))
+        out[name] = resized_size(*cfg.img_size_raw, cfg.img_scale)
     return out
 
 
@@ -124,8 +124,7 @@ def start_server(address: str, workdir: Path) -> subprocess.Popen:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.bench_bridge", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_bridge", __doc__)
     ap.add_argument("--ticks", type=int, default=50, help="timed ticks per case (default 50)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed ticks first (default 5)")
     ap.add_argument("--configs", nargs="+", default=["vad_nano", "vad_tiny", "vad_base"],

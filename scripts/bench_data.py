@@ -10,7 +10,6 @@ VAD-Tiny setting (x0.4 -> 640x360 padded to 640x384, queue of 3, 6 cameras). Pri
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -21,7 +20,8 @@ from torch.utils.data import DataLoader
 
 from nusc.dataset import DatasetConfig, NuScenesVADDataset, collate
 from nusc.infos import build_infos, build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
+from synthetic.nuscenes import make_synthetic_dataset
+from vlmad.cli import script_parser
 from vlmad.errors import cli_main
 
 
@@ -39,7 +39,7 @@ def _iterate(ds: NuScenesVADDataset, n: int, workers: int) -> tuple[float, float
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.bench_data", description=__doc__.split("\n\n")[0])
+    p = script_parser("scripts.bench_data", __doc__)
     p.add_argument("--dataroot", type=Path, default=None,
                    help="where to write the set (default: a temp dir); a set already there is reused")
     p.add_argument("--scenes", type=int, default=5, help="number of synthetic scenes")

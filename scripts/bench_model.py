@@ -3,8 +3,9 @@
     python -m scripts.bench_model --configs vad_nano vad_tiny --iters 10 --device cpu
     python -m scripts.bench_model --configs vad_base --device cuda --amp bf16 --iters 50 --train
     python -m scripts.bench_model --configs vad_nano --compile     # + torch.compile, eager/compiled ratio
+    python -m scripts.bench_model --configs vad_nano --onnx --threads 1   # + onnxruntime, eager/ORT ratio
 
-Each config runs at its native image size on random inputs (models.dummy_batch) in eval mode, as the
+Each config runs at its native image size on random inputs (synthetic.batch) in eval mode, as the
 closed-loop agent calls it: one frame (Tq = 1) plus the previous BEV state. Latency is the median of
 `--iters` timed calls after `--warmup` calls; the stages (backbone + FPN, BEV encoder, heads) are timed
 separately, each on precomputed inputs of the stage before. `--train` also times one training step
@@ -12,12 +13,17 @@ separately, each on precomputed inputs of the stage before. `--train` also times
 depend on them. `--compile` also times the `torch.compile`d forward (models.vad.compile_for_inference) in
 the same run, on the same inputs, and prints its compile time, the largest output difference to eager
 and the eager / compiled latency ratio; `--cuda-graphs` (CUDA only) does the same with
-torch.compile's "reduce-overhead" mode, which replays CUDA graphs.
+torch.compile's "reduce-overhead" mode, which replays CUDA graphs. The compiled forward runs the
+fixed-shape BEV encoder, its cross-attention sized for the inputs' rig (models/onnx_export.py
+`sca_capacity`, as the agent does), so eager PyTorch on that same fixed-shape path ("eager static") is
+timed too: compiled vs eager static is what inductor itself gains, eager static vs eager the price of
+the fixed shapes. `--onnx` (CPU) exports
+the model to ONNX (models/onnx_export.py, a temporary file) and times onnxruntime against eager
+PyTorch the same way, at the same thread count.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import sys
@@ -27,8 +33,11 @@ from pathlib import Path
 import torch
 
 from models.configs import PRESETS, get_config
-from models.dummy_batch import feature_inputs, make_dummy_batch
+from models.features import feature_inputs
+from models.onnx_export import sca_capacity
 from models.vad import VAD, BEVState, compile_for_inference
+from synthetic.batch import make_dummy_batch
+from vlmad.cli import resolve_device, script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json
 
@@ -115,8 +124,10 @@ def bench_config(
     amp: str,
     train: bool,
     compile_mode: str | None = None,
+    onnx: bool = False,
 ) -> dict:
-    """Time one config; compile_mode None (eager only), "default" or "reduce-overhead" (CUDA graphs)."""
+    """Time one config; compile_mode None (eager only), "default" or "reduce-overhead" (CUDA graphs);
+    onnx: also onnxruntime on an ONNX export of the same model."""
     cfg = get_config(name)
     torch.manual_seed(0)
     model = VAD(cfg).to(device)
@@ -188,6 +199,8 @@ def bench_config(
     }
     if compile_mode is not None:
         res["compiled"] = _bench_compiled(model, inputs, state, ac, iters, warmup, device, compile_mode)
+    if onnx:
+        res["onnx"] = _bench_onnx(model, inputs, state, iters, warmup)
     if train:
         model.train()
         tb = _to(make_dummy_batch(cfg, batch_size=batch_size), device)
@@ -221,7 +234,12 @@ def _bench_compiled(
     mode: str,
 ) -> dict:
     """The compiled forward on the same model and inputs: compile time, latency, max |diff| to eager."""
-    cmodel = compile_for_inference(model) if mode == "default" else torch.compile(model, mode=mode)
+    cap = sca_capacity(model.cfg, inputs["img_from_ego"])
+    if mode == "default":
+        cmodel = compile_for_inference(model, sca_capacity=cap)
+    else:
+        model.sca_capacity = cap
+        cmodel = torch.compile(model, mode=mode, fullgraph=True)
     with torch.inference_mode(), ac():
         ref, _ = model(inputs, state)
         t0 = time.perf_counter()
@@ -238,23 +256,85 @@ def _bench_compiled(
 
         return call
 
-    # eager and compiled alternate call by call, so load from other processes hits both alike and the
-    # ratio stays meaningful on a shared machine (the absolute numbers may not)
     _reset_peak(device)
     _time(fwd(cmodel), 0, warmup, device)
-    eager, comp = [], []
-    for _ in range(iters):
-        eager += _time(fwd(model), 1, 0, device)
-        comp += _time(fwd(cmodel), 1, 0, device)
-    med = statistics.median(comp)
+    calls = {"eager": fwd(model), "eager_static": _static(model, fwd(model), cap), "compiled": fwd(cmodel)}
+    t = _interleaved(calls, iters, device)
+    med = t["compiled"]
     return {
         "mode": mode,
         "compile_s": compile_s,
         "latency_ms_median": med,
-        "eager_ms_median_interleaved": statistics.median(eager),
+        "eager_ms_median_interleaved": t["eager"],
+        "eager_static_ms_median_interleaved": t["eager_static"],
         "peak_mem_mib": _peak_mib(device),
         "max_abs_diff": diff,
-        "speedup": statistics.median(eager) / med,
+        "speedup": t["eager"] / med,
+        "speedup_vs_eager_static": t["eager_static"] / med,
+        "sca_capacity": cap,
+    }
+
+
+def _interleaved(fns: dict, iters: int, device: torch.device) -> dict[str, float]:
+    """Median ms per callable, the callables alternating call by call: load from other processes hits
+    all of them alike, so the ratios stay meaningful on a shared machine (the absolute numbers may not)."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for k, fn in fns.items():
+            times[k] += _time(fn, 1, 0, device)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _static(model: VAD, fn, capacity: int):
+    """fn run eagerly on the fixed-shape BEV encoder path (`VAD.static_shapes`, `capacity` slots)."""
+    def call():
+        model.static_shapes, keep = True, model.sca_capacity
+        model.sca_capacity = capacity
+        try:
+            fn()
+        finally:
+            model.static_shapes, model.sca_capacity = False, keep
+
+    return call
+
+
+def _bench_onnx(model: VAD, inputs: dict, state: BEVState, iters: int, warmup: int) -> dict:
+    """onnxruntime on an ONNX export of the same model (CPU, fp32): export time, latency, max |diff|."""
+    import tempfile
+
+    from models.onnx_export import OnnxRunner, export_onnx, output_names
+
+    cpu = torch.device("cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        graph_model = VAD(model.cfg)  # a copy: the export switches its model to the fixed-shape path
+        graph_model.load_state_dict(model.state_dict())
+        cap = sca_capacity(model.cfg, inputs["img_from_ego"])
+        path = export_onnx(graph_model, f"{tmp}/model.onnx", inputs["img"].shape[0], capacity=cap)
+        export_s = time.perf_counter() - t0
+        runner = OnnxRunner(path, model.cfg, threads=torch.get_num_threads())
+    with torch.inference_mode():
+        ref, ref_state = model(inputs, state)
+    got, got_state = runner(inputs, state)
+    ref["bev"], got["bev"] = ref_state.bev, got_state.bev
+    diff = max((got[k] - ref[k].float()).abs().max().item() for k in output_names(model.cfg))
+
+    def eager():
+        with torch.inference_mode():
+            model(inputs, state)
+
+    _time(lambda: runner(inputs, state), 0, warmup, cpu)
+    t = _interleaved({"eager": eager, "eager_static": _static(model, eager, cap),
+                      "onnxruntime": lambda: runner(inputs, state)}, iters, cpu)
+    return {
+        "export_s": export_s,
+        "latency_ms_median": t["onnxruntime"],
+        "eager_ms_median_interleaved": t["eager"],
+        "eager_static_ms_median_interleaved": t["eager_static"],
+        "max_abs_diff": diff,
+        "speedup": t["eager"] / t["onnxruntime"],
+        "speedup_vs_eager_static": t["eager_static"] / t["onnxruntime"],
+        "sca_capacity": cap,
     }
 
 
@@ -279,7 +359,18 @@ def _print(res: dict) -> None:
             f"compiled ({c['mode']}): compile {c['compile_s']:.1f} s, latency median "
             f"{c['latency_ms_median']:.1f} ms vs eager {c['eager_ms_median_interleaved']:.1f} ms "
             f"(alternating calls), max |diff| to eager {c['max_abs_diff']:.2e}, "
-            f"speed-up eager/compiled {c['speedup']:.2f}x"
+            f"speed-up eager/compiled {c['speedup']:.2f}x; eager on the fixed-shape path "
+            f"{c['eager_static_ms_median_interleaved']:.1f} ms, eager static/compiled "
+            f"{c['speedup_vs_eager_static']:.2f}x (cross-attention {c['sca_capacity']} slots)"
+        )
+    if "onnx" in res:
+        o = res["onnx"]
+        print(
+            f"onnxruntime: export {o['export_s']:.1f} s, latency median {o['latency_ms_median']:.1f} ms vs "
+            f"eager {o['eager_ms_median_interleaved']:.1f} ms (alternating calls), max |diff| to eager "
+            f"{o['max_abs_diff']:.2e}, speed-up eager/onnxruntime {o['speedup']:.2f}x; eager static "
+            f"{o['eager_static_ms_median_interleaved']:.1f} ms, eager static/onnxruntime "
+            f"{o['speedup_vs_eager_static']:.2f}x"
         )
     if "train_step_ms_median" in res:
         print(
@@ -290,7 +381,7 @@ def _print(res: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_model", __doc__)
     ap.add_argument("--configs", nargs="+", default=["vad_nano", "vad_tiny"], help=f"any of {list(PRESETS)}")
     ap.add_argument("--iters", type=int, default=10, help="timed forward calls per config (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls first")
@@ -301,19 +392,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="also time the torch.compile'd forward")
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="also time torch.compile mode='reduce-overhead' (CUDA graphs; CUDA only)")
+    ap.add_argument("--onnx", action="store_true",
+                    help="also time onnxruntime on an ONNX export of the model (CPU, fp32, batch as --batch)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave torch's default)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     for n in args.configs:
         get_config(n)  # unknown names fail before any work
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
+    device = resolve_device(args.device, "--device")
     if args.cuda_graphs and device.type != "cuda":
         raise UserError("--cuda-graphs needs --device cuda (CUDA graphs do not exist on CPU)")
     if args.compile and args.cuda_graphs:
         raise UserError("pick one of --compile and --cuda-graphs per run")
     mode = "default" if args.compile else "reduce-overhead" if args.cuda_graphs else None
+    if args.onnx and (device.type != "cpu" or args.amp != "none"):
+        raise UserError("--onnx times onnxruntime's CPU build: use it with --device cpu and --amp none")
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -325,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CPU: {torch.get_num_threads()} torch threads; torch {torch.__version__}")
     results = []
     for name in args.configs:
-        res = bench_config(name, device, args.iters, args.warmup, args.batch, args.amp, args.train, mode)
+        res = bench_config(name, device, args.iters, args.warmup, args.batch, args.amp, args.train, mode,
+                           args.onnx)
         _print(res)
         results.append(res)
         sys.stdout.flush()

@@ -11,7 +11,6 @@ percentile) per resolution.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.frames import se2_pose
 from vlmad.rig import RIGS
@@ -51,7 +51,7 @@ def _scene(geometry, n_vehicles: int, n_frames: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_render", __doc__)
     ap.add_argument("--xodr", type=Path, default=DEFAULT_XODR, help="OpenDRIVE map (default: shared Town02)")
     ap.add_argument("--sizes", default="640x360,1600x900", help="comma-separated WxH list")
     ap.add_argument("--frames", type=int, default=30, help="frames rendered per size")

@@ -5,14 +5,13 @@
     python -m scripts.bench_train --trainer                # + the whole trainer (data loading included)
 
 "step" rows time one optimiser step (forward, loss, backward, clipping, AdamW) on a random batch at the
-config's real input size and temporal queue (models.dummy_batch), bf16 autocast on GPU as in training.
+config's real input size and temporal queue (synthetic.batch), bf16 autocast on GPU as in training.
 "trainer" rows run scripts.train's loop on a small synthetic nuScenes-format dataset (vad_nano only on
 CPU), so image decoding, collation and the checkpoint at the end are included. Numbers only: no asserts.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -21,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.dummy_batch import make_dummy_batch
 from models.train_model import TrainModel
 from models.vad import VAD
 from models.vlm_ad import VLMADConfig
+from synthetic.batch import make_dummy_batch
 from training.config import TrainConfig
 from training.loop import resolve_model_config
+from vlmad.cli import resolve_device, script_parser
 from vlmad.errors import cli_main
 
 TEXT_DIM = 512  # CLIP ViT-B/32, the paper's text encoder
@@ -88,7 +88,7 @@ def bench_trainer(vlm: bool, steps: int, threads: int, workers: int) -> dict:
 
 def _bench_trainer(tmp: Path, vlm: bool, steps: int, workers: int, threads: int) -> dict:
     from nusc.infos import build_or_load_infos
-    from nusc.synthetic import make_synthetic_dataset
+    from synthetic.nuscenes import make_synthetic_dataset
     from teacher.feature_store import FeatureStore
     from training.config import load_train_config
     from training.loop import train
@@ -111,9 +111,7 @@ def _bench_trainer(tmp: Path, vlm: bool, steps: int, workers: int, threads: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.bench_train", description=__doc__.split("\n\n")[0],
-                                 epilog=__doc__.split("\n\n", 1)[1],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_train", __doc__)
     ap.add_argument("--configs", nargs="+", help="default: vad_nano on CPU, vad_tiny vad_base on GPU")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--batch-size", type=int, default=1, help="samples per step (VAD: 1 per GPU)")
@@ -124,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for --trainer")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
+    device = resolve_device(args.device, "--device")
+    cuda = device.type == "cuda"
     configs = args.configs or (["vad_tiny", "vad_base"] if cuda else ["vad_nano"])
     rows = []
     for name in configs:

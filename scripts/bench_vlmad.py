@@ -13,7 +13,6 @@ only training is measured. Prints numbers only: no threshold, no pass/fail.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import time
@@ -21,10 +20,11 @@ import time
 import torch
 
 from models.configs import get_config
-from models.dummy_batch import make_dummy_batch
 from models.train_model import TrainModel, ego_feature_dim
 from models.vad import VAD
 from models.vlm_ad import VLMADConfig, VLMADHeads, vlm_ad_loss
+from synthetic.batch import make_dummy_batch
+from vlmad.cli import resolve_device, script_parser
 from vlmad.config import load_config
 from vlmad.errors import cli_main
 
@@ -54,8 +54,7 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.bench_vlmad", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.bench_vlmad", __doc__)
     ap.add_argument("--config", default="vad_nano", help="model preset (default vad_nano)")
     ap.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device, "--device")
     cfg = get_config(args.config)
     vlm_cfg = load_config(VLMADConfig, overrides=args.overrides)
     torch.manual_seed(0)

@@ -10,9 +10,7 @@ goal >= 10 steps/s on 2 CPU cores), and (3) the time to collect `--keyframes` ke
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlmad.cli import script_parser
 from vlmad.errors import cli_main
 from world.collect import collect
 from world.config import WorldConfig
 from world.expert import ExpertAgent
-from world.roadmap import GENERATED_TOWN, load_map, random_routes
+from world.road_map import GENERATED_TOWN, load_map, random_routes
 from world.runner import OfflineRunner, StepView
 
 
@@ -59,12 +58,7 @@ def _steps_per_s(runner: OfflineRunner, steps: int, cameras: bool) -> tuple[floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m scripts.bench_world",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = script_parser("scripts.bench_world", __doc__)
     p.add_argument("--town", default=GENERATED_TOWN)
     p.add_argument("--maps-dir", default=None)
     p.add_argument("--steps", type=int, default=400, help="steps per closed-loop measurement")
@@ -104,4 +98,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    cli_main(main)

@@ -9,13 +9,13 @@ Reads through the real nuscenes-devkit; the CAN bus and map expansions are used 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
 from nusc.infos import build_or_load_infos, default_cache_path, is_cached
+from vlmad.cli import script_parser
 from vlmad.errors import cli_main
 
 
@@ -36,10 +36,9 @@ def summary(recs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.build_infos", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Bad input (wrong --version, missing tables or images, corrupt JSON) "
-                                       "is reported in one line naming the file.")
+    p = script_parser("scripts.build_infos", __doc__,
+                      epilog="Bad input (wrong --version, missing tables or images, corrupt JSON) "
+                             "is reported in one line naming the file.")
     p.add_argument("--dataroot", type=Path, required=True, help="folder holding <version>/ and samples/")
     p.add_argument("--version", default="v1.0-mini", help="nuScenes version folder (default: v1.0-mini)")
     p.add_argument("--out", type=Path, default=None,

@@ -12,30 +12,24 @@ same arguments. Everything written is labelled as coming from the offline world,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
+from vlmad.cli import script_parser
 from vlmad.config import save_resolved
 from vlmad.errors import UserError, cli_main
 from world.collect import collect
 from world.config import LABEL, SOURCE, add_world_args, world_config_from_args
-from world.roadmap import GENERATED_TOWN, load_map
+from world.road_map import GENERATED_TOWN, load_map
 from world.runner import OfflineRunner
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m scripts.collect",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = script_parser("scripts.collect", __doc__)
     p.add_argument(
         "--town",
         default=GENERATED_TOWN,
@@ -96,4 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    cli_main(main)

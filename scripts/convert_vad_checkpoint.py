@@ -3,10 +3,10 @@
     python -m scripts.convert_vad_checkpoint --src VAD_tiny.pth --config vad_tiny --out ckpt/vad_tiny_official
     python -m scripts.convert_vad_checkpoint --src VAD_base.pth --config vad_base --out ckpt/vad_base_official
 
-The output folder (model.safetensors, config.yaml, meta.json; models/export.py) is what the CARLA agent,
-`scripts.eval_openloop --checkpoint` and `scripts.train --init-from` read. The checkpoint is read with
-`torch.load(weights_only=True)` only; mmcv's `meta` / `optimizer` entries are ignored. Every official key
-is mapped (models/convert_official.py); bookkeeping entries (loss constants, BatchNorm counters, VAD-Tiny's
+The output folder (model.safetensors, config.yaml, meta.json; models/checkpoint_formats.py) is what the CARLA
+agent, `scripts.eval_openloop --checkpoint` and `scripts.train --init-from` read. The checkpoint is read with
+`torch.load(weights_only=True)` only; mmcv's `meta` / `optimizer` entries are ignored. Every official key is
+mapped (models/convert_official.py); bookkeeping entries (loss constants, BatchNorm counters, VAD-Tiny's
 unused `level_embeds` rows) are listed as ignored; a missing or unexpected key, a wrong shape or a config
 mismatch (Tiny weights into vad_base) stops with one line naming the keys.
 
@@ -20,20 +20,21 @@ with the fixed configs need `--img-norm torchvision` (RGB, mean 123.675/116.28/1
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from models.checkpoint_formats import export_driving_checkpoint
 from models.convert_official import convert_state_dict, converted_config, load_official_checkpoint
-from models.export import export_driving_checkpoint
-from models.preprocess import IMG_NORMS
+from models.features import IMG_NORMS
 from models.vad import VAD
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
+from vlmad.rig import NUSCENES_RIG, describe_rig
 
 OFFICIAL_PRESETS = ("vad_tiny", "vad_base")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.convert_vad_checkpoint", __doc__)
     ap.add_argument("--src", required=True, type=Path, help="the official .pth (VAD_tiny.pth, VAD_base.pth)")
     ap.add_argument("--config", required=True, help=f"the preset the weights belong to: {OFFICIAL_PRESETS}")
     ap.add_argument("--out", required=True, type=Path, help="driving checkpoint folder to write")
@@ -55,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     counters = [k for k in ignored if k.endswith("num_batches_tracked")]
     others = [k for k in ignored if not k.endswith("num_batches_tracked")]
     meta = {"config_name": cfg.name, "source_checkpoint": str(args.src), "converted_from": "hustvl/VAD",
-            "ignored_official_keys": ignored, "ignored_entries": ignored_top}
+            "ignored_official_keys": ignored, "ignored_entries": ignored_top,
+            # hustvl/VAD trained on nuScenes: its cameras are (within cm) the nominal nuScenes rig
+            "training_rig": describe_rig(NUSCENES_RIG)}
     out = export_driving_checkpoint(model, cfg, args.out, meta=meta)
     print(f"converted {len(state)} tensors from {args.src} into {out} (config {cfg.name}, img_norm "
           f"{cfg.img_norm}, bev_align {cfg.bev_align})")

@@ -14,11 +14,9 @@ labelled as the offline world in its `meta`; it is rewritten atomically after ev
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,8 @@ from tqdm import tqdm
 
 from agent.compat import load_agent_class
 from carla_eval import scoring
+from routes.parse import Route, parse_routes, select_routes
+from vlmad.cli import script_parser
 from vlmad.config import save_resolved
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json
@@ -33,13 +33,13 @@ from vlmad.rig import CARLA_RIG, Rig
 from world.config import LABEL, SOURCE, add_world_args, world_config_from_args
 from world.expert import ExpertAgent
 from world.ride_along import Diagnosis, RideAlong
-from world.roadmap import GENERATED_TOWN, RouteSpec, load_map, parse_routes_xml, random_routes
+from world.road_map import GENERATED_TOWN, load_map, random_routes
 from world.runner import OfflineRunner, StepView, VideoWriter, results_file
 
 
-def _routes(a, cfg) -> tuple[list[RouteSpec], str]:
+def _routes(a, cfg) -> tuple[list[Route], str]:
     if a.routes:
-        routes = parse_routes_xml(a.routes, a.route_ids.split(",") if a.route_ids else None)
+        routes = select_routes(parse_routes(a.routes), a.route_ids.split(",") if a.route_ids else None)
         towns = {r.town for r in routes}
         if a.town is None and len(towns) > 1:
             raise UserError(f"{a.routes} mixes towns {sorted(towns)}; pass --town or --route-ids")
@@ -49,12 +49,7 @@ def _routes(a, cfg) -> tuple[list[RouteSpec], str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m scripts.drive",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n\n", 1)[1],
-    )
+    p = script_parser("scripts.drive", __doc__)
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--agent-config", help="agent configuration: the driving checkpoint (folder or YAML)")
     who.add_argument("--expert", action="store_true", help="drive the privileged expert of the offline world")
@@ -105,22 +100,24 @@ def main(argv: list[str] | None = None) -> int:
         routes = random_routes(rmap, a.num_routes, np.random.default_rng(a.seed), a.min_length, a.max_length)
     for r in routes:
         if r.town != rmap.name and a.routes and a.town is None:
-            raise UserError(f"route {r.route_id} is for town {r.town!r}, not {rmap.name!r}")
+            raise UserError(f"route {r.id} is for town {r.town!r}, not {rmap.name!r}")
 
     out = Path(a.out)
     settings = {
         "town": rmap.name,
         "seed": a.seed,
         "agent": agent_desc,
-        "routes": [[r.route_id, r.keypoints] for r in routes],
+        "routes": [[r.id, [(w.x, w.y, w.z, w.yaw) for w in r.waypoints]] for r in routes],
     }
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     records: list[dict] = []
-    if a.resume and out.is_file():
+    old = None
+    if a.resume:
         try:
-            old = json.loads(out.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{out} is not valid JSON ({e}); remove it or run without --resume") from None
+            old = scoring.read_results_file(out, missing_ok=True)
+        except UserError as e:
+            raise UserError(f"{e}; remove it or run without --resume") from None
+    if old is not None:
         if old.get("meta", {}).get("run_digest") != digest:
             raise UserError(
                 f"{out} was written by a run with other settings (town/seed/agent/routes); "
@@ -141,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(total=len(routes), initial=len(records), desc=f"offline world {rmap.name}", unit="route")
     for index in range(len(records), len(routes)):
         spec = routes[index]
-        video = VideoWriter(Path(a.video) / f"route_{spec.route_id}.mp4") if a.video else None
+        video = VideoWriter(Path(a.video) / f"route_{spec.id}.mp4") if a.video else None
         vid_rig = Rig("video", (CARLA_RIG.camera("CAM_FRONT").resized(640, 360),))
 
-        def hook(view: StepView, video=video, vid_rig=vid_rig, rid=spec.route_id) -> None:
+        def hook(view: StepView, video=video, vid_rig=vid_rig, rid=spec.id) -> None:
             w = view.world
             if w.frame % 100 == 0:
                 bar.set_postfix(route=rid, sim_s=f"{w.t:.0f}", refresh=False)
@@ -170,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(out, results_file(records, len(routes), sensors, meta))
         bar.update(1)
         bar.write(
-            f"route {spec.route_id}: {record['status']}, RC {record['scores']['score_route']:.1f}, "
+            f"route {spec.id}: {record['status']}, RC {record['scores']['score_route']:.1f}, "
             f"DS {record['scores']['score_composed']:.1f}"
         )
     bar.close()
@@ -187,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli_main(main))
+    cli_main(main)

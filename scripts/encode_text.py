@@ -12,7 +12,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from teacher.encoders import ENCODERS, TextEncoder
 from teacher.feature_store import FeatureStore
 from teacher.prompts import ACTION_KINDS, ACTION_LABELS, TEXT_KINDS
 from teacher.store import AnnotationStore
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 
 SPLITS = ("all", "train", "val")
@@ -104,8 +104,7 @@ def split_tokens(dataroot: str, version: str, split: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.encode_text", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.encode_text", __doc__)
     p.add_argument("--store", required=True, type=Path, help="annotation store written by scripts.annotate")
     p.add_argument("--encoder", required=True, choices=sorted(ENCODERS), help="text encoder")
     p.add_argument("--model-path", type=Path, help="local folder of the encoder (else the local HF cache)")

@@ -37,6 +37,7 @@ from openloop.evaluate import (
     update_markdown,
 )
 from openloop.gt import load_ground_truth
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json, atomic_write_text
 
@@ -62,8 +63,7 @@ exit status 2 with one line on stderr for any input problem (missing tables, mal
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.eval_openloop", description=__doc__.split("\n\n")[0],
-                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.eval_openloop", __doc__, epilog=EPILOG)
     p.add_argument("--dataroot", required=True, help="nuScenes root (the folder holding <version>/)")
     p.add_argument("--version", required=True, help="dataset version, e.g. v1.0-trainval or v1.0-mini")
     src = p.add_mutually_exclusive_group(required=True)
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_table_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.eval_openloop table",
-                                description="Render metrics files (M.json) side by side (Table 1 layout).")
+    p = script_parser("scripts.eval_openloop table",
+                      "Render metrics files (M.json) side by side (Table 1 layout).")
     p.add_argument("metrics", nargs="+", help="metrics JSON files written by eval_openloop")
     p.add_argument("--names", nargs="+", help="row names (default: each file's run name or file stem)")
     p.add_argument("--out", help="write the markdown here (default: print it)")

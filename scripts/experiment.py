@@ -18,7 +18,6 @@ RC / infractions per km; each variant's paired difference against the baseline w
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 from experiments.config import PRESETS, ExperimentConfig
 from experiments.steps import run_steps
 from experiments.summary import write_summary
+from vlmad.cli import script_parser
 from vlmad.config import load_config
 from vlmad.errors import UserError, cli_main
 
@@ -69,9 +69,7 @@ def run(cfg: ExperimentConfig, table_only: bool = False) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.experiment", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.experiment", __doc__)
     p.add_argument("--preset", help=f"a complete experiment: {', '.join(sorted(PRESETS))}")
     p.add_argument("--config", help="YAML with ExperimentConfig fields, merged over the preset or defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -5,21 +5,22 @@
     # the driver of a training checkpoint (the VLM-AD heads are dropped)
     python -m scripts.export_agent --checkpoint runs/train/vad_tiny/ckpt_last --out runs/agents/vad_tiny
 
-The output folder holds model.safetensors, config.yaml and meta.json (format in models/export.py) and
-loads with `models.export.load_driving_checkpoint(folder)`. A random-init export says so in meta.json
+The output folder holds model.safetensors, config.yaml and meta.json (format in
+models/checkpoint_formats.py) and loads with `models.checkpoint_formats.load_driving_checkpoint(folder)`.
+A random-init export says so in meta.json
 ("random_init": true) and in what this command prints: it drives, but it has learned nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
 
+from models.checkpoint_formats import export_driving_checkpoint, load_train_checkpoint
 from models.configs import get_config
-from models.export import export_driving_checkpoint, load_train_checkpoint
 from models.vad import VAD, VADConfig
+from vlmad.cli import script_parser
 from vlmad.config import load_config
 from vlmad.errors import UserError, cli_main
 
@@ -33,8 +34,7 @@ def resolve_model_config(name_or_yaml: str, overrides: list[str]) -> tuple[VADCo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m scripts.export_agent", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = script_parser("scripts.export_agent", __doc__)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--random-init", action="store_true",
                      help="export an untrained model of --config (smoke tests only)")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"config_name": ckpt.meta.get("config_name") or cfg.name, "random_init": False,
                 "trained_with_vlm_ad": ckpt.model.aux is not None, "vlm_ad_text_dim": ckpt.text_dim,
                 "source_checkpoint": str(args.checkpoint.resolve()), "step": ckpt.meta.get("step"),
-                "epoch": ckpt.meta.get("epoch")}
+                "epoch": ckpt.meta.get("epoch"), "training_rig": ckpt.meta.get("training_rig")}
         label = f"{meta['config_name']} from {args.checkpoint} (step {meta['step']})"
     out = export_driving_checkpoint(driver, cfg, args.out, meta)
     n = sum(p.numel() for p in driver.parameters())

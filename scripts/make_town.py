@@ -8,10 +8,10 @@ server's OpenDRIVE standalone mode. Pass it to `--town` of `scripts.drive` / `sc
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_text
 from world.xodr_gen import TownSpec, generate_town, validate_town
@@ -19,7 +19,7 @@ from world.xodr_gen import TownSpec, generate_town, validate_town
 
 def main(argv: list[str] | None = None) -> int:
     d = TownSpec()
-    p = argparse.ArgumentParser(prog="python -m scripts.make_town", description=__doc__.split("\n")[0])
+    p = script_parser("scripts.make_town", __doc__)
     p.add_argument("--out", required=True, help="output .xodr path")
     p.add_argument("--name", default=None, help="map name (default: the file stem)")
     p.add_argument(

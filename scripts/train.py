@@ -19,6 +19,7 @@ from pathlib import Path
 
 from training.config import TrainConfig, load_train_config
 from training.loop import train
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 
 # CLI flag -> TrainConfig field (flags left out keep the YAML / saved value)
@@ -30,9 +31,7 @@ FLAGS = {"config": "model", "dataroot": "dataroot", "version": "version", "out":
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.train", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.train", __doc__)
     p.add_argument("--config", help="model preset (vad_nano = test size, vad_tiny, vad_base, vad_base_carla) "
                    "or a VADConfig YAML")
     p.add_argument("--config-file", help="YAML with TrainConfig fields (see training/config.py)")
@@ -84,7 +83,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if value is not None:
             data[name] = value
     if args.init_from and args.config is None and not args.resume:
-        from models.export import CONFIG, resolve_checkpoint_dir
+        from models.checkpoint_formats import CONFIG, resolve_checkpoint_dir
 
         data["model"] = str(resolve_checkpoint_dir(args.init_from) / CONFIG)
     if args.vlm_ad:

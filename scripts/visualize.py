@@ -32,6 +32,7 @@ from nusc.infos import build_or_load_infos
 from openloop.evaluate import FRAMES, GEOMETRIES, load_predictions
 from openloop.gt import GroundTruth, SampleGT, load_ground_truth
 from openloop.metrics import box_collisions, ego_boxes
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.frames import (
     invert_transform,
@@ -244,9 +245,7 @@ def select_tokens(gt: GroundTruth, preds: dict[str, Any], scene: str | None, sam
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m scripts.visualize", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.visualize", __doc__)
     p.add_argument("--dataroot", required=True, help="nuScenes root (the folder holding <version>/)")
     p.add_argument("--version", required=True, help="dataset version, e.g. v1.0-mini")
     p.add_argument("--predictions", required=True, help="P.json as for eval_openloop (token -> 6 [x, y])")

@@ -16,15 +16,14 @@ driving checkpoint) it measures:
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.dummy_batch import feature_inputs
-from models.export import load_train_checkpoint
+from models.checkpoint_formats import load_train_checkpoint
+from models.features import feature_inputs
 from models.vlm_ad import vlm_ad_loss
 from nusc.dataset import NuScenesVADDataset, collate
 from nusc.infos import build_or_load_infos
@@ -32,6 +31,7 @@ from teacher.feature_store import FeatureStore
 from teacher.prompts import ACTION_KINDS
 from training.checkpoint import find_latest
 from training.data import add_vlm_targets, dataset_config
+from vlmad.cli import script_parser
 from vlmad.errors import UserError, cli_main
 from vlmad.io import atomic_write_json
 
@@ -118,9 +118,7 @@ def run_checks(run: str | Path, dataroot: str | Path, version: str, features: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m scripts.vlmad_checks", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = script_parser("scripts.vlmad_checks", __doc__)
     p.add_argument("--run", required=True, help="a VLM-AD training run folder (scripts.train --vlm-ad --out)")
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", required=True)

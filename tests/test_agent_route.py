@@ -8,21 +8,20 @@ from enum import Enum
 import numpy as np
 import pytest
 
+from agent.compat import downsample_route
 from agent.route import (
     RoutePlanner,
     ego_pose_from_gnss,
     fit_geo_reference,
-    gnss_to_world_xy,
     planner_from_world_plan,
     road_option_value,
-    world_xy_to_gnss,
 )
 from agent.sensing import read_sensors
-from agent.synthetic import GEO_REF, GeoMap, camera_images, input_data, leaderboard_plans, turning_route
+from synthetic.leaderboard import GEO_REF, GeoMap, camera_images, input_data, leaderboard_plans, turning_route
 from vlmad.commands import Command, RoadOption
 from vlmad.frames import se2_pose, yaw_of
+from vlmad.gnss import gnss_to_world_xy, world_xy_to_gnss
 from vlmad.rig import CARLA_RIG
-from world.roadmap import downsample_route
 
 
 def _walk(points: np.ndarray, planner: RoutePlanner) -> list[tuple[float, Command, np.ndarray]]:

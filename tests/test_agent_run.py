@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -13,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from agent.synthetic import camera_images, input_data, leaderboard_plans, turning_route
 from agent.vad_agent import VADAgent
 from scripts.export_agent import main as export_main
+from synthetic.leaderboard import camera_images, input_data, leaderboard_plans, turning_route
 from vlmad.errors import UserError
 from vlmad.frames import se2_pose
+from vlmad.rig import RIGS, describe_rig
 
 SMALL = [320, 180]  # camera_size for the tests that do not need full-size images
 
@@ -393,3 +395,39 @@ def test_poisoned_or_stale_bev_state_is_not_carried(ckpts, tmp_path):
     drive.step()
     assert len(spy.inputs) == n + 1 and spy.states_in[-1] is None  # too old to align: starts afresh
     assert not bool(spy.inputs[-1]["prev_valid"][0, 0])
+
+
+def test_deployed_agent_does_not_import_the_offline_world():
+    """The agent module loads under the leaderboard without the offline world (world.*), the training
+    stack's fixtures or the benchmarks' synthetic inputs: GNSS maths comes from vlmad.gnss, route
+    downsampling from agent.compat, CARLA conversions from vlmad.frames."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, agent.vad_agent; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('world', 'synthetic', 'scripts')))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout
+
+
+@pytest.mark.parametrize(("trained_on", "warns"),
+                         [("nuscenes_nominal", True), ("carla_vad", False), (None, False)])
+def test_rig_mismatch_with_the_checkpoint_is_warned_at_setup(ckpts, tmp_path, caplog, trained_on, warns):
+    """The checkpoint's training rig (meta.json) against the agent's rig (option rig=carla_vad, here at a
+    smaller camera size, which is no difference): one warning naming both rigs and what differs."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(ckpts["nano"], ckpt)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["training_rig"] = describe_rig(RIGS[trained_on]) if trained_on else None
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING, logger="agent.vad"):
+        make_agent(ckpt, tmp_path, camera_size=SMALL)
+    lines = [r.getMessage() for r in caplog.records if "rig mismatch" in r.getMessage()]
+    if warns:
+        assert len(lines) == 1 and "'nuscenes_nominal'" in lines[0] and "'carla_vad'" in lines[0]
+        assert "CAM_FRONT: mount [1.7, 0.02, 1.51] vs [0.8, 0.0, 1.6] m" in lines[0]
+    else:
+        assert lines == []

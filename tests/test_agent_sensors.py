@@ -13,10 +13,10 @@ import torch
 import yaml
 
 from agent.sensing import ImageInput, SensorError, can_bus, read_sensors
-from agent.synthetic import camera_images, input_data
 from agent.vad_agent import VADAgent, get_entry_point
 from models.configs import get_config
 from scripts.export_agent import main as export_main
+from synthetic.leaderboard import camera_images, input_data
 from vlmad.frames import project_points, se2_pose
 from vlmad.rig import CARLA_RIG
 

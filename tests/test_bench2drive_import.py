@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from nusc.bench2drive import CAMERA_DIRS
+from nusc.bench2drive import CAMERA_DIRS, hd_map_polylines, load_hd_map
 from nusc.infos import build_infos, load_nuscenes
 from scripts.import_bench2drive import main as import_main
 from vlmad.commands import Command, RoadOption
@@ -57,12 +57,59 @@ def make_clip(root: Path, name: str, frames: int = 11, offset: float = 0.0) -> P
     return clip
 
 
+# HD map fixture (CARLA coordinates): a two-lane road along x. Lane -1 drives +x on y = 20 (the ego's
+# lane), lane 1 drives -x on y = 16.5; both 3.5 m wide, so the shared centre line is at y = 18.25 and the
+# road edges at y = 21.75 and 14.75. A crosswalk spans x 10..14 (Town01 only); road 99 is far away.
+LANE_W = 3.5
+
+
+def _lane_points(y: float, heading_deg: float, x0: float, x1: float, centre: bool) -> list:
+    xs = np.arange(x0, x1, 0.05)  # Bench2Drive samples every 0.05 m
+    if heading_deg == 180.0:
+        xs = xs[::-1]
+    return [((float(x), y, 0.0), (0.0, 0.0, heading_deg), False) if centre else
+            ((float(x), y, 0.0), (0.0, 0.0, heading_deg)) for x in xs]
+
+
+def _lane(y: float, heading: float, x0: float, x1: float, left_type: str, right_type: str) -> list:
+    """One lane's elements: Center, then its left / right markings at -+ width / 2 along CARLA's right
+    vector (+y for heading 0, -y for heading 180)."""
+    right = 1.0 if heading == 0.0 else -1.0
+    return [
+        {"Points": _lane_points(y, heading, x0, x1, True), "Type": "Center", "Color": "White",
+         "Topology": [], "TopologyType": "Normal", "Left": (None, None), "Right": (None, None)},
+        {"Points": _lane_points(y - right * LANE_W / 2, heading, x0, x1, False), "Type": left_type,
+         "Color": "Yellow", "Topology": []},
+        {"Points": _lane_points(y + right * LANE_W / 2, heading, x0, x1, False), "Type": right_type,
+         "Color": "White", "Topology": []},
+    ]
+
+
+def write_hd_map(path: Path, crosswalk: bool) -> None:
+    from shapely.geometry import Polygon
+
+    roads = {
+        1: {-1: _lane(20.0, 0.0, -60.0, 300.0, "SolidSolid", "Solid"),
+            1: _lane(16.5, 180.0, -60.0, 300.0, "SolidSolid", "Solid"),
+            "Trigger_Volumes": [{"Points": [[5, 15, 0], [6, 15, 0], [6, 22, 0]], "Type": "TrafficLight",
+                                 "ParentActor_Location": [5, 14, 0]}]},
+        99: {-1: _lane(5000.0, 0.0, 0.0, 50.0, "Broken", "Broken")},
+    }
+    if crosswalk:
+        roads["Crosswalks"] = [{"Polygon": Polygon([(10, 14.75), (14, 14.75), (14, 21.75), (10, 21.75)]),
+                                "Location": (12, 18.25, 0)}]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, arr=np.array(list(roads.items()), dtype=object))
+
+
 @pytest.fixture
 def b2d(tmp_path) -> Path:
     root = tmp_path / "b2d"
     make_clip(root, "Accident_Town01_Route1_Weather0")
     make_clip(root, "ParkedObstacle_Town03_Route2_Weather1", offset=100.0)
     make_clip(root, "Accident_Town05_Route3_Weather2")
+    write_hd_map(root / "maps" / "Town01_HD_map.npz", crosswalk=True)
+    write_hd_map(root / "maps" / "Town03_HD_map.npz", crosswalk=False)
     return root
 
 
@@ -99,6 +146,53 @@ def test_converts_values_and_loads_in_devkit(b2d, tmp_path):
     assert len(first["cams"]) == 6 and first["cams"]["CAM_FRONT"]["width"] == W
     img = cv2.imread(str(out / first["cams"]["CAM_BACK"]["path"]))
     assert img.shape == (H, W, 3) and abs(int(img.mean()) - 120) <= 3  # CAM_BACK was written with 3 * 40
+    # map vectors from the HD map (ego at ours (0, -20), yaw 0): the shared centre line (CARLA y 18.25)
+    # is one divider 1.75 m to the left; the road edges (CARLA y 21.75 / 14.75) are the boundary, at
+    # y = -1.75 and 5.25; the crosswalk (CARLA x 10..14) is a ped_crossing 10..14 m ahead
+    by_cls = {c: [np.asarray(m["pts"]) for m in first["map"] if m["cls"] == c] for c in range(3)}
+    assert len(by_cls[0]) == 1
+    np.testing.assert_allclose(by_cls[0][0][:, 1], 1.75, atol=1e-3)
+    assert by_cls[0][0][:, 0].min() < -29.0 and by_cls[0][0][:, 0].max() > 29.0  # across the 60 m patch
+    edge_y = np.concatenate([v[:, 1] for v in by_cls[2]])
+    assert np.all(np.isclose(edge_y, -1.75, atol=1e-3) | np.isclose(edge_y, 5.25, atol=1e-3)
+                  | (np.abs(edge_y) >= 14.8))  # or on the patch's border
+    assert np.isclose(edge_y, -1.75, atol=1e-3).any() and np.isclose(edge_y, 5.25, atol=1e-3).any()
+    [cw] = by_cls[1]
+    assert cw[:, 0].min() == pytest.approx(10.0, abs=1e-3) and cw[:, 0].max() == pytest.approx(14.0, abs=1e-3)
+    np.testing.assert_allclose([cw[:, 1].min(), cw[:, 1].max()], [-1.75, 5.25], atol=1e-3)
+    town03 = next(r for r in recs if r["scene_token"] != first["scene_token"])
+    assert not [m for m in town03["map"] if m["cls"] == 1]  # Town03's file has no crosswalks
+    assert "hd_map_crosswalks: none" in nusc.get("scene", town03["scene_token"])["description"]
+
+
+def test_hd_map_classes_and_crop(tmp_path):
+    """The HD map's elements as the project's classes: the shared centre line once, edges not dividers,
+    a 'NONE' marking never, one drivable polygon per lane, the far road cropped away."""
+    path = tmp_path / "Town01_HD_map.npz"
+    write_hd_map(path, crosswalk=False)
+    hd = load_hd_map(path)
+    polys, has_cw = hd_map_polylines(hd, np.array([[0.0, -20.0]]), path)
+    kinds = [c for c, _ in polys]
+    assert kinds.count("divider") == 1 and kinds.count("boundary") == 2 and not has_cw
+    assert all(np.abs(p[:, 1]).max() < 100.0 for _, p in polys)  # road 99 (CARLA y 5000) is cropped
+    lanes = sorted((float(p[:, 1].min()), float(p[:, 1].max())) for c, p in polys if c == "boundary")
+    np.testing.assert_allclose(lanes, [(-21.75, -18.25), (-18.25, -14.75)], atol=1e-6)  # 3.5 m lanes
+    # the divider becomes nothing when painted 'NONE' (a lane edge without paint)
+    hd[1][-1][1]["Type"] = hd[1][1][1]["Type"] = "NONE"
+    assert [c for c, _ in hd_map_polylines(hd, np.array([[0.0, -20.0]]), path)[0]].count("divider") == 0
+    far = hd_map_polylines(hd, np.array([[0.0, 1000.0]]), path)[0]
+    assert far == []  # nothing within MAP_MARGIN_M of this ego
+
+
+def test_missing_or_malformed_hd_map_is_named(b2d, tmp_path):
+    (b2d / "maps" / "Town03_HD_map.npz").unlink()
+    with pytest.raises(UserError, match="Town03_HD_map.npz"):
+        import_main(["--src", str(b2d), "--out", str(tmp_path / "x"), "--exclude-towns", "Town05"])
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.parts").exists()
+    (b2d / "maps" / "Town03_HD_map.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="malformed HD map .*Town03_HD_map.npz"):
+        import_main(["--src", str(b2d), "--out", str(tmp_path / "y"), "--exclude-towns", "Town05"])
+    assert not (tmp_path / "y").exists()
 
 
 def test_town_and_clip_filters(b2d, tmp_path):
@@ -163,8 +257,10 @@ def test_end_to_end_import_index_annotate_train_agent(tmp_path):
     root = tmp_path / "b2d"
     for k in range(2):
         make_clip(root, f"Accident_Town01_Route{k}_Weather0", frames=36, offset=200.0 * k)
+    write_hd_map(tmp_path / "maps" / "Town01_HD_map.npz", crosswalk=True)
     data, store, run = tmp_path / "data", tmp_path / "store", tmp_path / "train"
-    _run("scripts.import_bench2drive", "--src", str(root), "--out", str(data), "--version", "v1.0-mini")
+    _run("scripts.import_bench2drive", "--src", str(root), "--out", str(data), "--version", "v1.0-mini",
+         "--maps", str(tmp_path / "maps"))
     _run("scripts.build_infos", "--dataroot", str(data), "--version", "v1.0-mini",
          "--out", str(tmp_path / "infos.json"))
     _run("scripts.annotate", "--dataroot", str(data), "--version", "v1.0-mini", "--teacher", "rule",

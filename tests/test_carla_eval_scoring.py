@@ -173,3 +173,26 @@ def test_completed_is_compared_by_value_not_identity():
     rec["status"] = "".join(["Comp", "leted"])  # equal, but a distinct object
     g = scoring.leaderboard_global_record([rec], 1)
     assert g["status"] == "Completed" and "exceptions" not in g["meta"]
+
+
+def test_results_file_reader(tmp_path):
+    """The one reader of results files: round-trips what make_results_file writes; empty / absent files
+    are None (absent only with missing_ok); truncated JSON and foreign JSON are UserErrors naming the file."""
+    from vlmad.errors import UserError
+
+    data = scoring.make_results_file([scoring.make_route_record(3, 0, 50.0, route_length=100.0)], [1, 2])
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    assert scoring.read_results_file(path) == data
+    assert scoring.read_results_file(path)["_checkpoint"]["records"][0]["route_id"] == "RouteScenario_3"
+    (tmp_path / "empty.json").write_text("  \n")
+    assert scoring.read_results_file(tmp_path / "empty.json") is None
+    assert scoring.read_results_file(tmp_path / "absent.json", missing_ok=True) is None
+    with pytest.raises(UserError, match="does not exist"):
+        scoring.read_results_file(tmp_path / "absent.json")
+    (tmp_path / "cut.json").write_text(json.dumps(data)[:40])
+    with pytest.raises(UserError, match="cut.json is not valid JSON"):
+        scoring.read_results_file(tmp_path / "cut.json")
+    (tmp_path / "other.json").write_text('{"_checkpoint": {"progress": [0, 1]}}')
+    with pytest.raises(UserError, match="no _checkpoint.records"):
+        scoring.read_results_file(tmp_path / "other.json")

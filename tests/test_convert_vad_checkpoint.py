@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint_formats import load_driving_checkpoint
 from models.configs import get_config
 from models.convert_official import convert_state_dict, converted_config, project_key
-from models.export import load_driving_checkpoint
 from models.vad import VAD
 from scripts.convert_vad_checkpoint import main
 from vlmad.errors import UserError

@@ -182,8 +182,9 @@ def test_bev_align_switch_changes_only_frames_with_history():
     import dataclasses
 
     from models.configs import get_config
-    from models.dummy_batch import feature_inputs, make_dummy_batch
+    from models.features import feature_inputs
     from models.vad import VAD
+    from synthetic.batch import make_dummy_batch
 
     outs = {}
     for mode in ("official", "exact"):

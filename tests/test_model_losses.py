@@ -11,7 +11,7 @@ from models import losses as L
 from models import plan_losses as P
 from models.backbone import ResNet, load_backbone_weights
 from models.decoders import box_code_to_boxes, boxes_to_code
-from models.preprocess import normalize_images
+from models.features import normalize_images
 from vlmad.errors import UserError
 
 

@@ -7,8 +7,9 @@ import dataclasses
 import torch
 
 from models.configs import get_config
-from models.dummy_batch import feature_inputs, make_dummy_batch
+from models.features import feature_inputs
 from models.vad import VAD
+from synthetic.batch import make_dummy_batch
 
 
 def test_single_batch_overfit_reduces_planning_l1_tenfold():

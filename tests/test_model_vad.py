@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from models.configs import PRESETS, build_config, get_config
-from models.dummy_batch import feature_inputs, make_dummy_batch
+from models.features import feature_inputs
 from models.vad import VAD, BEVState
+from synthetic.batch import make_dummy_batch
 from vlmad.errors import UserError
 
 
@@ -258,3 +259,15 @@ def test_can_bus_motion_fields_follow_the_ego_motion(nano):
     assert torch.allclose(got[:3], torch.tensor([2.0, 0.5, 0.0]), atol=1e-5)
     assert got[17].item() == pytest.approx(10.0, abs=1e-4)
     assert torch.equal(got[3:17], inputs["can_bus"][0, 0, 3:17])
+
+
+def test_tsa_points_sets_the_temporal_self_attention_sampling_points():
+    """VADConfig.tsa_points reaches every encoder layer's temporal self-attention (BEVFormer / VAD: 4)."""
+    for points in (4, 2):
+        cfg = dataclasses.replace(get_config("vad_nano"), tsa_points=points)
+        sd = VAD(cfg).state_dict()
+        offsets = [v for k, v in sd.items() if k.startswith("transformer.encoder.layers.")
+                   and k.endswith(".attentions.0.sampling_offsets.weight")]
+        assert len(offsets) == cfg.encoder_layers
+        # heads x 2 queue frames (previous BEV, current) x 1 level x points x (x, y)
+        assert all(w.shape[0] == cfg.num_heads * 2 * points * 2 for w in offsets)

@@ -10,8 +10,8 @@ import pytest
 from nusc.dataset import DatasetConfig, NuScenesVADDataset
 from nusc.infos import build_or_load_infos
 from nusc.records import full_future, has_full_future
-from nusc.synthetic import make_synthetic_dataset
 from scripts import build_infos as cli
+from synthetic.nuscenes import make_synthetic_dataset
 from vlmad.errors import UserError, cli_main
 
 V = "v1.0-mini"

@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from models.features import RECORD_KEYS
 from nusc.dataset import (
-    FEATURE_KEYS,
     DatasetConfig,
     NuScenesVADDataset,
     collate,
-    padded_size,
+    image_sizes,
 )
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
+from synthetic.nuscenes import make_synthetic_dataset
 from vlmad.frames import project_points, relative_motion
 from vlmad.rig import CAMERA_NAMES, NUSCENES_RIG
 
@@ -33,8 +33,10 @@ def test_shapes_and_collate(data):
     root, recs = data
     ds = NuScenesVADDataset(recs, root, DatasetConfig(queue_length=3, img_scale=0.4))
     batch = next(iter(DataLoader(ds, batch_size=2, collate_fn=collate)))
-    assert padded_size(1600, 900, DatasetConfig(img_scale=0.4)) == (640, 360, 640, 384)  # VAD-Tiny
-    assert padded_size(1600, 900, DatasetConfig(img_scale=0.8)) == (1280, 720, 1280, 736)  # VAD-Base
+    assert image_sizes(1600, 900, DatasetConfig(img_scale=0.4)) == (640, 360, 640, 384)  # VAD-Tiny
+    assert image_sizes(1600, 900, DatasetConfig(img_scale=0.8)) == (1280, 720, 1280, 736)  # VAD-Base
+    # VAD rounds the resized size down (int(side x scale)) before padding: 705 x 0.5 = 352.5 -> 352 -> 352
+    assert image_sizes(1600, 705, DatasetConfig(img_scale=0.5)) == (800, 352, 800, 352)
     assert batch["img"].shape == (2, 3, 6, 3, 96, 160) and batch["img"].dtype == torch.float32
     assert batch["img_from_ego"].shape == (2, 3, 6, 4, 4)
     assert batch["can_bus"].shape == (2, 3, 18) and batch["cur_from_prev"].shape == (2, 3, 4, 4)
@@ -129,8 +131,8 @@ def test_temporal_queue(data):
 def test_features_never_see_ground_truth(data):
     root, recs = data
     ds = NuScenesVADDataset(recs, root, DatasetConfig(queue_length=2), with_targets=False)
-    assert all(set(v) <= set(FEATURE_KEYS) for v in ds.feature_view)
-    assert not {"ego_fut", "ego_fut_mask", "agents", "map", "privileged"} & set(FEATURE_KEYS)
+    assert all(set(v) <= set(RECORD_KEYS) for v in ds.feature_view)
+    assert not {"ego_fut", "ego_fut_mask", "agents", "map", "privileged"} & set(RECORD_KEYS)
     item = ds[3]
     assert not {"ego_fut", "agents", "map"} & set(item)
     # changing ground truth leaves the features bit-identical

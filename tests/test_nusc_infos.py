@@ -12,8 +12,8 @@ import pytest
 from nusc import infos as infos_mod
 from nusc.infos import build_or_load_infos, default_cache_path, fingerprint, is_cached
 from nusc.records import record_from_json, record_to_json
-from nusc.synthetic import make_synthetic_dataset
 from scripts import build_infos as cli
+from synthetic.nuscenes import make_synthetic_dataset
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from shapely.geometry import LineString, Polygon
 from nusc.classes import CATEGORY_TO_CLASS, DETECTION_CLASSES, detection_label
 from nusc.infos import build_infos, load_nuscenes
 from nusc.records import MAP_POINTS, PATCH_X, PATCH_Y
-from nusc.synthetic import LANE_W, make_drive
 from nusc.writer import AgentBox, DriveFrame, RecordedDrive, ego_frame_boxes, write_nuscenes
+from synthetic.nuscenes import LANE_W, make_drive
 from vlmad.commands import command_from_future
 from vlmad.frames import se2_pose, world_to_ego, yaw_of
 from vlmad.rig import NUSCENES_RIG

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nusc.synthetic import make_synthetic_dataset
 from openloop.evaluate import evaluate_predictions
 from openloop.gt import build_ground_truth, cache_file, load_cache, load_ground_truth
 from scripts.eval_openloop import main
+from synthetic.nuscenes import make_synthetic_dataset
 from vlmad.errors import UserError
 from vlmad.frames import invert_transform, lidar_xy_to_ego, pose_to_matrix, rot_z, world_to_ego, yaw_of
 

@@ -7,9 +7,9 @@ import json
 import cv2
 import pytest
 
-from nusc.synthetic import make_synthetic_dataset
 from openloop.gt import load_ground_truth
 from scripts.visualize import load_actions, main, render_sample
+from synthetic.nuscenes import make_synthetic_dataset
 from vlmad.errors import UserError
 
 

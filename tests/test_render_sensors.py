@@ -1,4 +1,5 @@
-"""Leaderboard-format sensor data and GNSS math of the offline world (world/sensors.py)."""
+"""Leaderboard-format sensor data of the offline world (world/sensors.py) and the GNSS math it uses
+(vlmad/gnss.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,15 @@ import pytest
 carla = pytest.importorskip("carla")
 
 from vlmad.frames import ego_to_carla_xyz, se2_pose, transform_points  # noqa: E402
-from vlmad.rig import CARLA_RIG  # noqa: E402
-from world.sensors import (  # noqa: E402
-    GRAVITY,
+from vlmad.gnss import (  # noqa: E402
     carla_xy_to_gnss,
     compass_from_yaw,
     geo_reference,
     gnss_to_carla_xy,
-    make_input_data,
     yaw_from_compass,
 )
+from vlmad.rig import CARLA_RIG  # noqa: E402
+from world.sensors import GRAVITY, make_input_data  # noqa: E402
 
 
 @pytest.fixture(scope="module")

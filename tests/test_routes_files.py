@@ -186,3 +186,18 @@ def test_weather_elements_merge_like_the_leaderboard(tmp_path):
     assert r1.weather == {"cloudiness": 80.0, "wetness": 5.0, "fog_density": 3.0}
     assert r2.weather == {"sun_altitude_angle": 70.0, "cloudiness": 30.0}  # the leaderboard's default
     assert r1.length_m == pytest.approx(13.0)  # 3-D along the keypoints, as compute_route_length
+
+
+def test_route_names_and_selection(shared_reference):
+    """One owner of the leaderboard's "RouteScenario_<id>" names and of picking routes by id."""
+    from routes.parse import route_id_of, route_name, select_routes
+
+    assert route_name("16") == route_name(16) == route_name("RouteScenario_16") == "RouteScenario_16"
+    assert route_id_of("RouteScenario_16") == "16" and route_id_of("16") == "16"
+    routes = parse_routes(shared_reference / "routes_town05_short.xml")
+    assert all(route_id_of(r.name) == r.id for r in routes)
+    picked = select_routes(routes, [routes[3].id, routes[1].id])
+    assert [r.id for r in picked] == [routes[1].id, routes[3].id]  # file order, not the order asked
+    assert select_routes(routes, None) == routes
+    with pytest.raises(UserError, match="not in the route file"):
+        select_routes(routes, ["no-such-route"])

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from synthetic.vlm_server import FakeVLMServer
 from teacher.backends.http import HttpClient, RequestError, RetryPolicy, parse_retry_after
 from teacher.backends.openai_chat import ChatTeacher, api_key_from_env
 from teacher.config import TeacherConfig
-from teacher.fake_server import FakeVLMServer
 from teacher.prompts import ACTION_LABELS, prompt_text
 from vlmad.errors import UserError
 

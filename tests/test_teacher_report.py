@@ -14,9 +14,9 @@ from teacher.store import Annotation, AnnotationStore, Key
 
 
 def test_report_on_rule_annotations(tmp_path, capsys):
-    from nusc.synthetic import make_synthetic_dataset
     from scripts.annotate import main as annotate_main
     from scripts.annotation_report import main as report_main
+    from synthetic.nuscenes import make_synthetic_dataset
 
     root = make_synthetic_dataset(tmp_path / "ds", num_scenes=1, keyframes_per_scene=5)
     store = tmp_path / "ann.sqlite"

@@ -101,7 +101,7 @@ def test_answers_are_labelled_and_parse():
 
 def test_rule_teacher_on_synthetic_dataset(tmp_path):
     from nusc.infos import build_or_load_infos
-    from nusc.synthetic import make_synthetic_dataset
+    from synthetic.nuscenes import make_synthetic_dataset
     from teacher.config import TeacherConfig
     from teacher.runner import annotate
     from teacher.store import AnnotationStore
@@ -120,6 +120,6 @@ def test_rule_teacher_on_synthetic_dataset(tmp_path):
     for r in rows:
         if r.prompt_name == "P2":
             by_scene.setdefault(scene_of[r.key.sample_token], []).append(r.parsed["turn"])
-    # scene-0001 follows a gentle curve; scene-0002 turns left (nusc.synthetic)
+    # scene-0001 follows a gentle curve; scene-0002 turns left (synthetic.nuscenes)
     assert set(by_scene["scene-0001"]) == {"none"}
     assert "turn left" in by_scene["scene-0002"] and "turn right" not in by_scene["scene-0002"]

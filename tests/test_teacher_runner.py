@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from synthetic.vlm_server import FakeVLMServer, default_answer, prompt_of
 from teacher.backends.batch import run_batch
 from teacher.backends.http import HttpClient, RetryPolicy
 from teacher.backends.openai_chat import ChatTeacher
 from teacher.config import TeacherConfig
-from teacher.fake_server import FakeVLMServer, default_answer, prompt_of
 from teacher.prompts import PROMPT_VERSION
 from teacher.runner import annotate, dry_run_estimate, image_tokens
 from teacher.store import AnnotationStore
@@ -29,7 +29,7 @@ KEY = "sk-test-runner"
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     from nusc.infos import build_or_load_infos
-    from nusc.synthetic import make_synthetic_dataset
+    from synthetic.nuscenes import make_synthetic_dataset
 
     root = make_synthetic_dataset(tmp_path_factory.mktemp("nusc"), num_scenes=2, keyframes_per_scene=6)
     return root, build_or_load_infos(root, "v1.0-mini")

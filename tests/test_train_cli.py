@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
 from scripts.train import build_parser, resolve_config
+from synthetic.nuscenes import make_synthetic_dataset
 from teacher.feature_store import FeatureStore
 from training.config import TrainConfig, load_train_config
 from training.data import dataset_config, split_scenes
@@ -196,6 +196,25 @@ def test_time_limit_stops_checkpoints_and_exports(tmp_path, root):
     assert summary["stopped_early"] == "max_minutes"
     assert summary["steps"] == 1 and summary["total_steps"] == 50
     assert ck.find_latest(run).name == "step_00000001" and (run / "driving" / "meta.json").is_file()
+
+
+def test_checkpoints_record_the_training_rig(tmp_path, root):
+    """The synthetic data is rendered through the nominal nuScenes rig: the training checkpoint, the driving
+    checkpoint the trainer exports and one exported by scripts.export_agent all record it."""
+    import json
+
+    from models.checkpoint_formats import load_driving_checkpoint
+    from scripts.export_agent import main as export_agent
+    from training import checkpoint as ck
+    from vlmad.rig import NUSCENES_RIG, describe_rig, rig_differences
+
+    run = tmp_path / "r"
+    train(resolve_config(args(root, run, "--max-steps", "1")))
+    rig = json.loads((ck.find_latest(run) / "meta.json").read_text())["training_rig"]
+    assert rig["name"] == "nuscenes_nominal" and rig_differences(describe_rig(NUSCENES_RIG), rig) == []
+    assert load_driving_checkpoint(run / "driving")[2]["training_rig"] == rig
+    export_agent(["--checkpoint", str(ck.find_latest(run)), "--out", str(tmp_path / "agent")])
+    assert load_driving_checkpoint(tmp_path / "agent")[2]["training_rig"] == rig
 
 
 def test_backbone_weights_initialise_the_image_backbone(tmp_path, root):

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from models.train_model import TrainModel
 from models.vad import VAD
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
 from scripts.train import build_parser, resolve_config
+from synthetic.nuscenes import make_synthetic_dataset
 from teacher.feature_store import FeatureStore
 from training import checkpoint as ck
 from training.data import rank_batches

@@ -8,11 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.export import export_driving_checkpoint
+from models.checkpoint_formats import export_driving_checkpoint
 from models.vad import VAD
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
 from scripts.train import build_parser, resolve_config
+from synthetic.nuscenes import make_synthetic_dataset
 from training.config import TrainConfig
 from training.loop import resolve_model_config, train
 from vlmad.errors import UserError

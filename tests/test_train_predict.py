@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from models.export import export_driving_checkpoint, save_train_checkpoint
+from models.checkpoint_formats import export_driving_checkpoint, save_train_checkpoint
 from models.train_model import TrainModel
 from models.vad import VAD
 from models.vlm_ad import VLMADConfig
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
 from openloop.evaluate import load_predictions
 from scripts.eval_openloop import main as eval_main
+from synthetic.nuscenes import make_synthetic_dataset
 from teacher.prompts import ACTION_LABELS
 from training import checkpoint as ck
 from training.config import TrainConfig

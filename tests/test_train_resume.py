@@ -12,9 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import models.export
+import models.checkpoint_formats
 from nusc.infos import build_or_load_infos
-from nusc.synthetic import make_synthetic_dataset
+from synthetic.nuscenes import make_synthetic_dataset
 from teacher.feature_store import FeatureStore
 from training import checkpoint as ck
 from training.config import TrainConfig, load_train_config
@@ -104,14 +104,14 @@ def test_interrupted_and_resumed_run_is_identical(data, reference, tmp_path):
 
 def test_interrupted_save_is_never_latest(data, reference, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real = models.export.atomic_write_bytes
+    real = models.checkpoint_formats.atomic_write_bytes
 
     def dying_write(path, data_bytes):  # the process dies while writing step 4's optimizer state
         if Path(path).name == "optimizer.pt" and "step_00000004" in str(path):
             raise KeyboardInterrupt
         return real(path, data_bytes)
 
-    monkeypatch.setattr(models.export, "atomic_write_bytes", dying_write)
+    monkeypatch.setattr(models.checkpoint_formats, "atomic_write_bytes", dying_write)
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg(data, run))
     monkeypatch.undo()

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from models.convert_official import convert_state_dict, converted_config
-from models.preprocess import normalize_images
+from models.features import normalize_images
 from models.vad import VAD, BEVState
 from vlmad.frames import invert_transform, make_transform, rot_z
 
@@ -117,7 +117,7 @@ def check_heads(out: dict, ref) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """Official seed-0 VAD-Tiny weights -> the converter CLI -> the driving checkpoint loader."""
-    from models.export import load_driving_checkpoint
+    from models.checkpoint_formats import load_driving_checkpoint
     from scripts.convert_vad_checkpoint import main
 
     tmp = tmp_path_factory.mktemp("vad_tiny")

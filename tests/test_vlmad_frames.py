@@ -91,6 +91,42 @@ def test_carla_round_trips_and_yaw_sign():
     np.testing.assert_allclose(carla_xyz[0, :2], [0.0, 1.0], atol=1e-9)
 
 
+def test_carla_objects_convert_like_the_array_functions():
+    """carla.Location / Transform converters agree with carla_to_ego_xyz / carla_yaw_to_ego, flip y
+    (a location 3 m to CARLA's right is 3 m to our right, y = -3) and round-trip."""
+    loc = carla.Location(x=10.0, y=3.0, z=0.5)
+    np.testing.assert_array_equal(frames.carla_location_to_ego(loc), [10.0, -3.0, 0.5])
+    np.testing.assert_array_equal(frames.carla_location_to_ego(loc), frames.carla_to_ego_xyz(10.0, 3.0, 0.5))
+    back = frames.ego_to_carla_location(frames.carla_location_to_ego(loc))
+    assert (back.x, back.y, back.z) == pytest.approx((10.0, 3.0, 0.5))
+    flat = frames.ego_to_carla_location((1.0, 2.0))  # 2-D: z = 0
+    assert (flat.x, flat.y, flat.z) == pytest.approx((1.0, -2.0, 0.0))
+    xy = frames.carla_locations_to_ego_xy([loc, carla.Location(x=-1.0, y=-2.0)])
+    np.testing.assert_array_equal(xy, [[10.0, -3.0], [-1.0, 2.0]])
+    assert frames.carla_locations_to_ego_xy([]).shape == (0, 2)
+    # a vehicle facing CARLA yaw 90 (towards CARLA +y, clockwise of x) faces -90 deg in our frame
+    t = frames.ego_pose_to_carla_transform(4.0, -5.0, 1.0, -math.pi / 2)
+    assert (t.location.x, t.location.y, t.location.z) == pytest.approx((4.0, 5.0, 1.0))
+    assert t.rotation.yaw == pytest.approx(90.0)
+    pos, yaw = frames.carla_pose_to_ego(t)
+    np.testing.assert_allclose(pos, [4.0, -5.0, 1.0], atol=1e-6)
+    assert yaw == pytest.approx(-math.pi / 2)
+    # agrees with the full 4x4 conversion of the same transform
+    m = frames.carla_transform_to_ego(t.location.x, t.location.y, t.location.z, 0.0, 0.0, t.rotation.yaw)
+    assert frames.yaw_of(m) == pytest.approx(yaw)
+
+
+def test_imu_mirror_flips_polar_y_and_axial_x_z():
+    """CARLA IMU <-> ours: accelerometer y flips (a push to our left, +y, reads -y in CARLA); gyroscope x
+    and z flip (a left turn, +z for us, reads negative z in CARLA); gravity on z is kept; round trip."""
+    acc, gyro = frames.ego_imu_to_carla([0.5, 2.0, 9.81], [0.1, 0.2, 0.3])
+    np.testing.assert_array_equal(acc, [0.5, -2.0, 9.81])
+    np.testing.assert_array_equal(gyro, [-0.1, 0.2, -0.3])
+    back_acc, back_gyro = frames.carla_imu_to_ego(acc, gyro)
+    np.testing.assert_array_equal(back_acc, [0.5, 2.0, 9.81])
+    np.testing.assert_array_equal(back_gyro, [0.1, 0.2, 0.3])
+
+
 def test_quaternion_round_trip_and_pose_inverse():
     rng = np.random.default_rng(0)
     for _ in range(20):

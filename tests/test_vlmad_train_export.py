@@ -13,18 +13,19 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from models.configs import get_config
-from models.dummy_batch import feature_inputs, make_dummy_batch
-from models.export import (
+from models.checkpoint_formats import (
     export_driving_checkpoint,
     load_driving_checkpoint,
     load_train_checkpoint,
     save_train_checkpoint,
 )
+from models.configs import get_config
+from models.features import feature_inputs
 from models.train_model import TrainModel
 from models.vad import VAD
 from models.vlm_ad import VLMADConfig
 from scripts import export_agent
+from synthetic.batch import make_dummy_batch
 from vlmad.config import to_dict
 from vlmad.errors import UserError, cli_main
 
@@ -148,6 +149,7 @@ def test_export_agent_cli(trained, tmp_path):
     export_agent.main(["--random-init", "--config", "vad_nano", "--seed", "3", "--out", str(out)])
     loaded, cfg, meta = load_driving_checkpoint(out)
     assert meta["random_init"] is True and meta["config_name"] == "vad_nano" and cfg.name == "vad_nano"
+    assert meta["training_rig"] is None  # untrained: no rig to warn about (tests/test_agent_run.py)
     torch.manual_seed(3)
     ref = VAD(get_config("vad_nano")).state_dict()
     assert all(torch.equal(v, ref[k]) for k, v in loaded.state_dict().items())

@@ -11,10 +11,12 @@ import math
 import numpy as np
 import pytest
 
+from vlmad.frames import ego_to_carla_location
 from world.config import CriteriaConfig, WorldConfig
 from world.criteria import RouteCriteria
 from world.dynamics import EgoState
-from world.roadmap import RoadMap, interpolate_trajectory, load_map, xy_to_loc
+from world.global_planner import interpolate_trajectory
+from world.road_map import RoadMap, load_map
 from world.sim import OfflineWorld
 
 START_S, END_S = 10.0, 100.0  # route along one straight lane, arc length from the lane start (m)
@@ -55,7 +57,7 @@ def _pose(seg, s: float, offset: float) -> tuple[float, float, float]:
 def _drive(grid, seg, offset_at) -> dict[str, list]:
     """Planted drive along `seg` from START_S to END_S in 0.5 m steps, `offset_at(s)` metres left of the
     lane centre; returns the route's infractions."""
-    keys = [xy_to_loc(_pose(seg, s, 0.0)[:2]) for s in (START_S, END_S)]
+    keys = [ego_to_carla_location(_pose(seg, s, 0.0)[:2]) for s in (START_S, END_S)]
     _, route = interpolate_trajectory(grid.planner, keys)
     world = OfflineWorld(grid, WorldConfig())
     x, y, yaw = _pose(seg, START_S, 0.0)

@@ -8,10 +8,12 @@ import carla
 import numpy as np
 import pytest
 
+from routes.parse import Route, Waypoint
 from world.config import WorldConfig
 from world.dynamics import EgoState, step_ego
 from world.expert import ExpertAgent
-from world.roadmap import RoadMap, RouteSpec, load_map, random_routes
+from world.global_planner import interpolate_trajectory, keypoint_locations
+from world.road_map import RoadMap, load_map, random_routes
 from world.runner import OfflineRunner
 from world.traffic import GREEN, RED, Pedestrian
 
@@ -28,11 +30,11 @@ def grid() -> RoadMap:
     return load_map("VlmadGrid1x1")
 
 
-def _spec(rm: RoadMap, pts: list[np.ndarray], yaw: float = 0.0) -> RouteSpec:
-    return RouteSpec("0", rm.name, [(float(p[0]), float(-p[1]), 0.0, yaw) for p in pts])
+def _spec(rm: RoadMap, pts: list[np.ndarray], yaw: float = 0.0) -> Route:
+    return Route("0", rm.name, [Waypoint(float(p[0]), float(-p[1]), 0.0, yaw=yaw) for p in pts])
 
 
-def _junction_routes(rm: RoadMap) -> tuple[RouteSpec, RouteSpec, int]:
+def _junction_routes(rm: RoadMap) -> tuple[Route, Route, int]:
     """(straight route, right-turn route) from the same outer lane of a 4-way approach, and its light."""
     for li, lt in enumerate(rm.lights):
         if rm.junction_phases[lt.junction] != 4:
@@ -213,9 +215,7 @@ def test_running_a_red_light_is_detected(grid):
 def test_leaving_the_route_ends_it_as_a_deviation(grid):
     straight, right, _ = _junction_routes(grid)
     other = OfflineRunner(grid, _cfg())
-    from world.roadmap import interpolate_trajectory
-
-    _, right_plan = interpolate_trajectory(grid.planner, right.locations())
+    _, right_plan = interpolate_trajectory(grid.planner, keypoint_locations(right))
 
     class Deviator(ExpertAgent):
         def set_global_plan(self, gps, world_plan):

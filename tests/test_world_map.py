@@ -8,20 +8,13 @@ import carla
 import numpy as np
 import pytest
 
+from agent.compat import downsample_route
+from routes.parse import parse_routes, select_routes, write_routes
 from vlmad.commands import RoadOption
 from vlmad.errors import UserError
-from world.roadmap import (
-    RoadMap,
-    RouteSpec,
-    downsample_route,
-    interpolate_trajectory,
-    load_map,
-    parse_routes_xml,
-    random_routes,
-    resolve_town,
-    routes_to_xml,
-)
-from world.sensors import carla_xy_to_gnss, geo_reference
+from vlmad.gnss import carla_xy_to_gnss, geo_reference
+from world.global_planner import interpolate_trajectory, keypoint_locations
+from world.road_map import RoadMap, load_map, random_routes, resolve_town
 from world.xodr_gen import TownSpec, generate_town, validate_town
 
 
@@ -86,7 +79,7 @@ def test_route_commands_match_the_turns(which, request):
     routes = random_routes(rm, 6, np.random.default_rng(3), 150, 350, min_junctions=1)
     seen = set()
     for spec in routes:
-        _, route = interpolate_trajectory(rm.planner, spec.locations())
+        _, route = interpolate_trajectory(rm.planner, keypoint_locations(spec))
         opts = [o for _, o in route]
         i = 0
         while i < len(opts):
@@ -96,11 +89,11 @@ def test_route_commands_match_the_turns(which, request):
                     j += 1
                 turn = math.degrees(_heading_change(route, max(i - 1, 0), min(j + 1, len(route) - 1)))
                 if opts[i] == RoadOption.LEFT:
-                    assert turn > 45, (which, spec.route_id, turn)
+                    assert turn > 45, (which, spec.id, turn)
                 elif opts[i] == RoadOption.RIGHT:
-                    assert turn < -45, (which, spec.route_id, turn)
+                    assert turn < -45, (which, spec.id, turn)
                 else:
-                    assert abs(turn) < 33, (which, spec.route_id, turn)
+                    assert abs(turn) < 33, (which, spec.id, turn)
                 seen.add(opts[i])
                 i = j + 1
             else:
@@ -133,7 +126,7 @@ def test_town02_right_turn_is_labelled_right(town02):
 
 def test_downsample_and_gps_follow_the_leaderboard(grid):
     spec = random_routes(grid, 1, np.random.default_rng(0), 200, 300)[0]
-    gps, route = interpolate_trajectory(grid.planner, spec.locations())
+    gps, route = interpolate_trajectory(grid.planner, keypoint_locations(spec))
     assert len(gps) == len(route)
     ids = downsample_route(route, 50)
     assert ids[0] == 0 and ids[-1] == len(route) - 1
@@ -150,16 +143,18 @@ def test_downsample_and_gps_follow_the_leaderboard(grid):
     assert g["lat"] == pytest.approx(float(lat)) and g["lon"] == pytest.approx(float(lon))
 
 
-def test_route_xml_roundtrip_and_errors(tmp_path, shared_reference):
-    routes = [RouteSpec("7", "VlmadGrid", [(1.0, 2.0, 0.0, 90.0), (30.0, -4.0, 0.0, 0.0)])]
-    path = tmp_path / "r.xml"
-    path.write_text(routes_to_xml(routes))
-    back = parse_routes_xml(path)
-    assert back[0].route_id == "7" and np.allclose(back[0].keypoints, routes[0].keypoints)
-    short = parse_routes_xml(shared_reference / "routes_town05_short.xml")
-    assert len(short) == 32 and all(r.town == "Town05" for r in short)
-    (tmp_path / "bad.xml").write_text("<routes><route id='1'>")
-    with pytest.raises(UserError, match="not valid XML"):
-        parse_routes_xml(tmp_path / "bad.xml")
-    with pytest.raises(UserError, match="does not exist"):
-        parse_routes_xml(tmp_path / "missing.xml")
+def test_random_routes_are_a_route_file_that_plans_the_same(grid, tmp_path):
+    """random_routes' output written as a leaderboard route file (routes.parse, the one route-XML owner)
+    reads back to the same keypoints and plans the same dense route."""
+    routes = random_routes(grid, 2, np.random.default_rng(5), 150, 250, first_id=7)
+    assert [r.id for r in routes] == ["7", "8"] and all(r.town == grid.name for r in routes)
+    back = parse_routes(write_routes(routes, tmp_path / "r.xml"))
+    for r, b in zip(routes, back):
+        assert [(w.x, w.y, w.z, w.yaw) for w in b.waypoints] == [(w.x, w.y, w.z, w.yaw) for w in r.waypoints]
+    _, planned = interpolate_trajectory(grid.planner, keypoint_locations(routes[1]))
+    _, replanned = interpolate_trajectory(grid.planner, keypoint_locations(back[1]))
+    assert [(t.location.x, t.location.y, o) for t, o in planned] == [
+        (t.location.x, t.location.y, o) for t, o in replanned]
+    assert [r.id for r in select_routes(back, ["8"])] == ["8"]
+    with pytest.raises(UserError, match="not in the route file"):
+        select_routes(back, ["9"])

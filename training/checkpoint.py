@@ -1,13 +1,15 @@
 """Run-folder checkpoints: atomic step checkpoints, the `latest` pointer, RNG state, pruning.
 
-    <run>/checkpoints/step_00001000/   a training checkpoint (models.export.save_train_checkpoint): weights,
-                                       config.yaml, meta.json and optimizer.pt, which holds the optimizer,
-                                       the scheduler, every rank's RNG states and the position in the data
+    <run>/checkpoints/step_00001000/   a training checkpoint (checkpoint_formats.save_train_checkpoint):
+                                       weights, config.yaml, meta.json and optimizer.pt, which holds the
+                                       optimizer, the scheduler, every rank's RNG states and the position in
+                                       the data
     <run>/checkpoints/latest.json      {"step": 1000, "path": "step_00001000"}, written after the folder
 
-A checkpoint folder appears only complete (it is staged and renamed into place by models.export), and
-latest.json is written only after that rename, so an interrupted save leaves the previous checkpoint as the
-latest. `find_latest` does not trust latest.json alone: it falls back to the highest complete step folder.
+A checkpoint folder appears only complete (it is staged and renamed into place by
+models.checkpoint_formats), and latest.json is written only after that rename, so an interrupted save leaves
+the previous checkpoint as the latest. `find_latest` does not trust latest.json alone: it falls back to the
+highest complete step folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.checkpoint_formats import META, WEIGHTS
 from vlmad.errors import UserError
 from vlmad.io import atomic_write_json
 
@@ -65,7 +68,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 # Finding and pruning
 # ----------------------------------------------------------------------------------------------------
 def _complete(folder: Path) -> bool:
-    return (folder / "meta.json").is_file() and (folder / "model.safetensors").is_file()
+    return (folder / META).is_file() and (folder / WEIGHTS).is_file()
 
 
 def list_checkpoints(run: str | Path) -> list[tuple[int, Path]]:

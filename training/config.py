@@ -51,6 +51,11 @@ class TrainConfig:
     # "all" = train on every scene (no held-out scenes)
     split: str = "auto"
     val_fraction: float = 0.2  # share of scenes held out by the "scenes" split (at least one scene)
+    # Share of "standing" training keyframes kept (ego below 0.5 m/s and its whole 3 s future within 1 m;
+    # training.data.standing_samples). 1.0 = all of them (VAD). Data where waiting dominates (the offline
+    # world's red lights: about half its keyframes) teaches "standing stays standing"; a lower share
+    # rebalances it. The kept ones are drawn with the run's seed (docs/experiments.md).
+    standing_keep: float = 1.0
     num_workers: int = 4  # DataLoader worker processes per training process (0 = load in the main process)
     # ---- optimisation -------------------------------------------------------------------------------
     batch_size: int = 1  # samples per process and micro-step (VAD: 1 per GPU)
@@ -90,6 +95,8 @@ class TrainConfig:
                     problems.append(f"{f.name} must be a number, got {value!r}")
         if problems:
             raise UserError("training config: " + "; ".join(problems))
+        if not 0.0 <= self.standing_keep <= 1.0:
+            problems.append(f"standing_keep must be in [0, 1], got {self.standing_keep}")
         if self.carla_inputs not in CARLA_INPUTS:
             problems.append(f"carla_inputs {self.carla_inputs!r} not in {CARLA_INPUTS}")
         if self.split not in SPLITS:
@@ -122,7 +129,7 @@ class TrainConfig:
 # (dataroot and features are paths: a dataset or feature store moved to another disk may be resumed from.)
 TRAJECTORY_FIELDS = ("model", "model_overrides", "carla_inputs", "init_from", "vlm_ad", "version",
                      "split",
-                     "val_fraction", "lr", "backbone_lr_mult", "weight_decay",
+                     "val_fraction", "standing_keep", "lr", "backbone_lr_mult", "weight_decay",
                      "grad_clip", "warmup_iters", "warmup_ratio", "warmup_max_fraction", "min_lr_ratio",
                      "precision", "seed")
 

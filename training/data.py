@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from models.vad import VADConfig
@@ -59,6 +60,31 @@ def split_scenes(scene_names: list[str], version: str, split: str = "auto", val_
     return train, val, f"deterministic scene split (every {k}th scene by name held out)"
 
 
+STANDING_SPEED_MPS = 0.5  # below this the ego counts as standing
+STANDING_TRAVEL_M = 1.0  # ... when its whole future also stays within this distance
+
+
+def standing_samples(infos: list[dict]) -> np.ndarray:
+    """(N,) bool: records whose ego stands (speed < 0.5 m/s) and stays (every valid future point < 1 m)."""
+    out = np.zeros(len(infos), bool)
+    for i, r in enumerate(infos):
+        fut, mask = np.asarray(r["ego_fut"], float), np.asarray(r["ego_fut_mask"], bool)
+        stays = bool(mask.any()) and float(np.linalg.norm(fut[mask], axis=-1).max()) < STANDING_TRAVEL_M
+        out[i] = float(r.get("ego_speed", 0.0)) < STANDING_SPEED_MPS and stays
+    return out
+
+
+def kept_samples(infos: list[dict], standing_keep: float, seed: int) -> list[int]:
+    """Indices of the training samples a run visits: all moving ones, and a seeded `standing_keep` share
+    of the standing ones (the dataset keeps every record, so queues still see their predecessors)."""
+    standing = standing_samples(infos)
+    idx = np.nonzero(standing)[0]
+    n_keep = int(round(standing_keep * len(idx)))
+    rng = np.random.default_rng(seed)
+    keep = set(rng.choice(idx, size=n_keep, replace=False).tolist()) if n_keep else set()
+    return [i for i in range(len(infos)) if not standing[i] or i in keep]
+
+
 # ----------------------------------------------------------------------------------------------------
 # Dataset config for a model
 # ----------------------------------------------------------------------------------------------------
@@ -68,7 +94,8 @@ def dataset_config(model_cfg: VADConfig, infos: list[dict], queue_length: int | 
 
     VAD's img_scale is relative to nuScenes' 1600 x 900 cameras (`img_size_raw`); a dataset rendered at
     another resolution (the project's own small datasets) is rescaled so the model still sees
-    round(img_size_raw x img_scale) pixels, with the intrinsics scaled to match.
+    `models.features.resized_size(img_size_raw, img_scale)` pixels (same aspect ratio), with the
+    intrinsics scaled to match.
     """
     if not infos:
         raise UserError("no samples to build a dataset from")

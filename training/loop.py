@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.backbone import load_backbone_weights
+from models.checkpoint_formats import export_driving_checkpoint, load_train_checkpoint, save_train_checkpoint
 from models.configs import build_config, get_config
-from models.export import export_driving_checkpoint, load_train_checkpoint, save_train_checkpoint
 from models.train_model import TrainModel
 from models.vad import VAD, VADConfig
 from nusc.dataset import NuScenesVADDataset, collate, traffic_light_label
@@ -44,15 +44,19 @@ from training.config import TRAJECTORY_FIELDS, TrainConfig
 from training.data import (
     add_vlm_targets,
     dataset_config,
+    kept_samples,
     load_feature_store,
     rank_batches,
     split_scenes,
+    standing_samples,
     to_device,
     unwrap_worker_errors,
 )
+from vlmad.cli import resolve_device
 from vlmad.config import load_config, save_resolved, to_dict
 from vlmad.errors import UserError
 from vlmad.io import atomic_write_json, atomic_write_text
+from vlmad.rig import describe_calibration
 
 LOG = "log.jsonl"
 SUMMARY = "summary.json"
@@ -81,9 +85,7 @@ class Dist:
 
 def setup_distributed(device: str = "auto") -> Dist:
     """Join torchrun's process group when its environment variables are set; else a single process."""
-    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("device cuda requested but torch sees no CUDA GPU; use --set device=cpu")
+    want_cuda = resolve_device(device, "device").type == "cuda"
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(0, 1, 0, torch.device("cuda" if want_cuda else "cpu"))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -190,14 +192,21 @@ class _Trainer:
         train_set = set(train_sc)
         self.train_infos = [r for r in infos if r["scene_name"] in train_set]
         self.model_cfg, notes = resolve_model_config(cfg, self.train_infos)
+        # the camera geometry the model learns from (first training sample), for the agent's rig check
+        self.training_rig = describe_calibration(self.train_infos[0]["cams"]) if self.train_infos else None
         for n in notes:
             self.log(f"note: {n}")
         self.dataset = NuScenesVADDataset(self.train_infos, cfg.dataroot,
                                           dataset_config(self.model_cfg, self.train_infos))
+        self.sample_ids = kept_samples(self.train_infos, cfg.standing_keep, cfg.seed)
+        if cfg.standing_keep < 1.0:
+            n_stand = int(standing_samples(self.train_infos).sum())
+            self.log(f"note: standing_keep {cfg.standing_keep}: {len(self.sample_ids)} of "
+                     f"{len(self.train_infos)} training samples visited ({n_stand} standing)")
         self.global_batch = cfg.batch_size * d.world * cfg.grad_accum
-        self.steps_per_epoch = len(self.dataset) // self.global_batch
+        self.steps_per_epoch = len(self.sample_ids) // self.global_batch
         if self.steps_per_epoch == 0:
-            raise UserError(f"the training split has {len(self.dataset)} samples, fewer than one global "
+            raise UserError(f"the training split has {len(self.sample_ids)} samples, fewer than one global "
                             f"batch (batch_size {cfg.batch_size} x {d.world} processes x grad_accum "
                             f"{cfg.grad_accum} = {self.global_batch}); lower them or use more data")
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
@@ -255,7 +264,7 @@ class _Trainer:
 
     def _init_from(self, driver: VAD, path: str) -> None:
         """Initialise the driver from a driving checkpoint (strict; config differences are logged)."""
-        from models.export import load_driving_checkpoint
+        from models.checkpoint_formats import load_driving_checkpoint
 
         src, src_cfg, _ = load_driving_checkpoint(path)
         ours, theirs = to_dict(self.model_cfg), to_dict(src_cfg)
@@ -316,7 +325,8 @@ class _Trainer:
                      "position": position, "world_size": self.d.world, "global_batch": self.global_batch,
                      "total_steps": self.total_steps}
             meta = {**position, "tag": tag, "val_scenes": self.val_scenes, "split": self.split_how,
-                    "dataset": {"dataroot": str(self.cfg.dataroot), "version": self.cfg.version}}
+                    "dataset": {"dataroot": str(self.cfg.dataroot), "version": self.cfg.version},
+                    "training_rig": self.training_rig}
             save_train_checkpoint(folder, self.model, self.model_cfg, None, self.cfg, state, meta)
             ck.mark_latest(self.run_dir, self.step)
             ck.prune(self.run_dir, self.cfg.keep_last, protect=folder)
@@ -356,8 +366,9 @@ class _Trainer:
         while self.step < self.total_steps and stopped is None:
             epoch, pos = divmod(self.step, self.steps_per_epoch)
             n = min(self.steps_per_epoch - pos, self.total_steps - self.step)
-            batches = list(rank_batches(len(self.dataset), cfg.seed, epoch, pos, n, cfg.batch_size, d.world,
-                                        d.rank, cfg.grad_accum))
+            order = rank_batches(len(self.sample_ids), cfg.seed, epoch, pos, n, cfg.batch_size, d.world,
+                                 d.rank, cfg.grad_accum)
+            batches = [[self.sample_ids[i] for i in b] for b in order]
             loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
                                 num_workers=cfg.num_workers, pin_memory=d.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg.seed))
@@ -467,7 +478,8 @@ class _Trainer:
             meta = {"config_name": self.model_cfg.name, "trained_with_vlm_ad": self.model.aux is not None,
                     "source_checkpoint": str(latest), "step": self.step, "val_scenes": self.val_scenes,
                     "split": self.split_how, "dataset": {"dataroot": str(self.cfg.dataroot),
-                                                         "version": self.cfg.version}}
+                                                         "version": self.cfg.version},
+                    "training_rig": self.training_rig}
             export_driving_checkpoint(self.model.driver, self.model_cfg, self.run_dir / "driving", meta)
             atomic_write_json(self.run_dir / SUMMARY, summary)
             self.log(f"done: {self.step} steps, {summary['samples_per_s']:.2f} samples/s, final loss "

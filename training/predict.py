@@ -28,14 +28,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from models.dummy_batch import feature_inputs
-from models.export import (
+from models.checkpoint_formats import (
     DRIVING_FORMAT,
     TRAIN_FORMAT,
     load_driving_checkpoint,
     load_train_checkpoint,
     resolve_checkpoint_dir,
 )
+from models.features import feature_inputs
 from models.train_model import TrainModel
 from models.vad import VAD, VADConfig
 from models.vlm_ad import VLMADHeads
@@ -44,6 +44,7 @@ from nusc.infos import build_or_load_infos
 from teacher.prompts import ACTION_LABELS
 from training import checkpoint as ck
 from training.data import dataset_config, to_device, unwrap_worker_errors
+from vlmad.cli import resolve_device
 from vlmad.errors import UserError
 from vlmad.io import atomic_write_json
 
@@ -110,12 +111,6 @@ def heldout_scenes(model: LoadedModel) -> list[str]:
     return [str(s) for s in scenes]
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, version: str,
             tokens: list[str] | None = None, scenes: list[str] | None = None, mode: str = "state",
             batch_size: int = 4, device: str | torch.device | None = None, num_workers: int = 2,
@@ -134,7 +129,7 @@ def predict(model_or_ckpt: VAD | TrainModel | str | Path, dataroot: str | Path, 
         raise UserError(f"unknown prediction mode {mode!r}; choose one of {MODES}")
     if frame not in ("ego", "lidar"):
         raise UserError(f"unknown plan frame {frame!r}; choose ego or lidar")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     m = load_model(model_or_ckpt, dev)
     driver = m.driver.to(dev).eval()
     aux = m.aux.to(dev).eval() if m.aux is not None and len(m.aux.action) else None
@@ -213,7 +208,7 @@ def checkpoint_predictions(args: Any, gt: Any, split_scope: Any
                            ) -> tuple[dict[str, np.ndarray], set[str] | None, str, str]:
     """`scripts.eval_openloop --checkpoint`: run the model over the evaluated scope, write the plans (and
     actions) beside --out; returns (plans, scope, predictions path, run name)."""
-    m = load_model(args.checkpoint, _resolve_device(args.device))
+    m = load_model(args.checkpoint, resolve_device(args.device, "--device"))
     if args.split == "heldout":
         scenes = set(heldout_scenes(m))
         scope = {t for t, s in gt.samples.items() if s.scene_name in scenes}

@@ -258,3 +258,59 @@ def img_from_ego_calibrated(intrinsics: np.ndarray, ego_from_cam: np.ndarray, sx
     k[0] *= sx
     k[1] *= sy
     return k @ invert_transform(np.asarray(ego_from_cam, dtype=np.float64))
+
+
+# ----------------------------------------------------------------------------------------------------
+# carla objects (Location / Transform) <-> our frame: the only place the y-flip is written for them.
+# Readers duck-type (anything with .x/.y/.z, .location/.rotation works, also CARLA 0.9.10's objects under
+# the leaderboard); writers import carla on first use so that training code importing this module does
+# not load the CARLA client.
+# ----------------------------------------------------------------------------------------------------
+def carla_location_to_ego(loc) -> np.ndarray:
+    """A carla.Location -> (3,) float64 (x, y, z) in our right-handed frame."""
+    return np.array([float(loc.x), -float(loc.y), float(loc.z)])
+
+
+def carla_locations_to_ego_xy(locs) -> np.ndarray:
+    """An iterable of carla.Location -> (N, 2) float64 (x, y) in our right-handed frame ((0, 2) if empty)."""
+    return np.array([[float(loc.x), -float(loc.y)] for loc in locs], dtype=np.float64).reshape(-1, 2)
+
+
+def carla_pose_to_ego(transform) -> tuple[np.ndarray, float]:
+    """A carla.Transform (or Waypoint.transform) -> ((3,) float64 position, yaw radians CCW) in our frame;
+    pitch and roll are dropped (road poses)."""
+    return carla_location_to_ego(transform.location), float(carla_yaw_to_ego(transform.rotation.yaw))
+
+
+def ego_to_carla_location(p: np.ndarray | tuple | list):
+    """(x, y[, z]) in our frame -> carla.Location (z = 0 when absent)."""
+    import carla
+
+    return carla.Location(float(p[0]), float(-p[1]), float(p[2]) if len(p) > 2 else 0.0)
+
+
+def ego_pose_to_carla_transform(x: float, y: float, z: float, yaw: float):
+    """A planar pose in our frame (yaw radians CCW) -> carla.Transform (pitch = roll = 0)."""
+    import carla
+
+    return carla.Transform(
+        carla.Location(float(x), float(-y), float(z)),
+        carla.Rotation(pitch=0.0, yaw=float(ego_yaw_to_carla(yaw)), roll=0.0),
+    )
+
+
+def carla_imu_to_ego(accel: np.ndarray, gyro: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A CARLA IMU reading in its sensor's left-handed axes (x forward, y right, z up) -> ours.
+
+    accel: (3,) m/s^2, a polar vector: its y flips. gyro: (3,) rad/s, an axial vector: under the y mirror
+    its x and z flip (a left turn, +z for us, reads negative z in CARLA). Returns (accel, gyro), (3,) each.
+    The mirror is its own inverse, so `ego_imu_to_carla` is the same map.
+    """
+    a = np.asarray(accel, dtype=np.float64).reshape(3)
+    w = np.asarray(gyro, dtype=np.float64).reshape(3)
+    return np.array([a[0], -a[1], a[2]]), np.array([-w[0], w[1], -w[2]])
+
+
+def ego_imu_to_carla(accel: np.ndarray, gyro: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `carla_imu_to_ego`: our (accel, gyro) (3,) each -> CARLA's IMU axes."""
+    return carla_imu_to_ego(accel, gyro)

@@ -8,6 +8,11 @@ back cameras wrong for a while; this is the cure).
 Positions and angles are stored in our ego frame (x forward, y left, z up; yaw counter-clockwise, pitch
 positive nose-down as in any right-handed frame with y left). `carla_sensor()` converts to CARLA's
 left-handed convention (y right, yaw clockwise, pitch positive nose-up).
+
+A driving checkpoint records the rig its training data was seen through (`describe_calibration` of the
+training records, or `describe_rig`, in meta.json "training_rig"); the agent compares it with the rig it
+drives with (`rig_differences`) and warns once at setup when they differ: a model trained on one camera
+geometry sees another one's images at the wrong places.
 """
 
 from __future__ import annotations
@@ -100,7 +105,7 @@ class CameraSpec:
 class Rig:
     """A vehicle sensor rig: 6 cameras plus the positions of the non-image sensors."""
 
-    name: str  # rig name, recorded in datasets and checkpoints
+    name: str  # rig name, recorded in datasets and (with its geometry, `describe_rig`) in checkpoints
     cameras: tuple[CameraSpec, ...]  # in CAMERA_NAMES order
     lidar_xyz: tuple[float, float, float] = (0.94, 0.0, 1.84)  # LIDAR_TOP position (nuScenes layout)
     lidar_yaw_deg: float = -90.0  # LIDAR_TOP x axis points to the ego's right
@@ -171,3 +176,81 @@ NUSCENES_RIG = Rig(
 )
 
 RIGS = {CARLA_RIG.name: CARLA_RIG, NUSCENES_RIG.name: NUSCENES_RIG}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Rig geometry as recorded in checkpoints, and its comparison
+# ----------------------------------------------------------------------------------------------------
+RIG_POS_TOL_M = 0.05  # camera mounts closer than this are the same (calibrations of one rig vary by ~cm)
+RIG_ANGLE_TOL_DEG = 1.0  # optical-axis yaw / pitch and horizontal FOV closer than this are the same
+
+
+def camera_geometry(intrinsics: np.ndarray, ego_from_cam: np.ndarray, width: int) -> dict:
+    """What a camera contributes to the rig's identity, from its calibration (K 3x3, `ego_from_cam` 4x4
+    in optical axes, image width in pixels): {"xyz": [x, y, z] m in the ego frame, "yaw_deg", "pitch_deg"
+    of the optical axis (our convention, pitch positive nose-down), "fov_deg": horizontal FOV}, rounded
+    to mm / 0.001 deg so that it stores as plain JSON. The image size is left out: the model's input size
+    comes from its config, whatever the camera's resolution."""
+    e = np.asarray(ego_from_cam, dtype=np.float64)
+    axis = e[:3, :3] @ np.array([0.0, 0.0, 1.0])  # optical axis (camera z) in the ego frame
+    fx = float(np.asarray(intrinsics, dtype=np.float64)[0, 0])
+    yaw = round(math.degrees(math.atan2(axis[1], axis[0])), 3) + 0.0  # + 0.0: no "-0.0" in the file
+    return {
+        "xyz": [round(float(v), 3) + 0.0 for v in e[:3, 3]],
+        "yaw_deg": 180.0 if yaw == -180.0 else yaw,  # in (-180, 180]: a backward axis reads the same
+        "pitch_deg": round(math.degrees(math.asin(max(-1.0, min(1.0, -axis[2])))), 3) + 0.0,
+        "fov_deg": round(math.degrees(2.0 * math.atan(width / (2.0 * fx))), 3),
+    }
+
+
+def describe_rig(rig: Rig) -> dict:
+    """{"name": rig.name, "cameras": {camera name: camera_geometry}} of a `Rig`."""
+    return {"name": rig.name, "cameras": {
+        c.name: camera_geometry(c.intrinsics(), c.ego_from_cam(), c.width) for c in rig.cameras}}
+
+
+def describe_calibration(cams: dict) -> dict:
+    """The rig description of a record's calibrated cameras (`cams`: name -> {"intrinsics", "ego_from_cam",
+    "width", ...}, as nusc.records writes them). "name" is the `RIGS` rig it matches within the tolerances,
+    else "custom"."""
+    desc = {"name": "custom", "cameras": {
+        n: camera_geometry(c["intrinsics"], c["ego_from_cam"], int(c["width"])) for n, c in cams.items()}}
+    for rig in RIGS.values():
+        if not rig_differences(describe_rig(rig), desc):
+            desc["name"] = rig.name
+            break
+    return desc
+
+
+def rig_differences(trained: dict, driving: dict) -> list[str]:
+    """Human-readable differences between two rig descriptions (`describe_rig` / `describe_calibration`)
+    beyond RIG_POS_TOL_M / RIG_ANGLE_TOL_DEG, cameras of `driving` only (the agent passes the cameras the
+    model uses); [] when the geometry agrees. Names are not compared: geometry is what the model learned."""
+    out: list[str] = []
+    have = trained.get("cameras", {})
+    for name, d in driving.get("cameras", {}).items():
+        t = have.get(name)
+        if t is None:
+            out.append(f"{name}: not in the training rig")
+            continue
+        if max(abs(a - b) for a, b in zip(t["xyz"], d["xyz"])) > RIG_POS_TOL_M:
+            out.append(f"{name}: mount {t['xyz']} vs {d['xyz']} m")
+        for key, what in (("yaw_deg", "yaw"), ("pitch_deg", "pitch"), ("fov_deg", "fov")):
+            delta = (d[key] - t[key] + 180.0) % 360.0 - 180.0
+            if abs(delta) > RIG_ANGLE_TOL_DEG:
+                out.append(f"{name}: {what} {t[key]:g} vs {d[key]:g} deg")
+    return out
+
+
+def rig_mismatch(training_rig: dict | None, rig: Rig, max_items: int = 6) -> str | None:
+    """One log line naming how `rig` (the cameras a model drives with) differs from the `training_rig`
+    description its checkpoint records, or None when they agree or the checkpoint records none."""
+    if not isinstance(training_rig, dict):
+        return None
+    diffs = rig_differences(training_rig, describe_rig(rig))
+    if not diffs:
+        return None
+    more = f"; and {len(diffs) - max_items} more" if len(diffs) > max_items else ""
+    return (f"rig mismatch: the checkpoint was trained on rig {training_rig.get('name')!r}, the agent drives "
+            f"rig {rig.name!r}; {len(diffs)} difference(s): " + "; ".join(diffs[:max_items]) + more
+            + " (the model sees its cameras where it never learned them: expect worse driving)")

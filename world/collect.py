@@ -26,14 +26,17 @@ from pathlib import Path
 
 import numpy as np
 
+from agent.compat import downsample_route
 from agent.options import AgentConfig
 from agent.route import RoutePlanner, planner_from_world_plan
 from nusc.writer import AgentBox, DriveFrame, RecordedDrive
+from routes.parse import Route
 from vlmad.io import atomic_write_bytes
 from vlmad.rig import CARLA_RIG, Rig
 from world.config import LABEL, SOURCE, WorldConfig
 from world.expert import ExpertAgent
-from world.roadmap import RoadMap, RouteSpec, downsample_route, interpolate_trajectory, random_routes
+from world.global_planner import interpolate_trajectory, keypoint_locations
+from world.road_map import RoadMap, random_routes
 from world.runner import OfflineRunner, StepView
 from world.sensors import specific_force
 from world.sim import OfflineWorld
@@ -45,10 +48,10 @@ BASE_TIME_US = 1_600_000_000_000_000  # timestamps start here (+ 1000 s per driv
 LEADERBOARD_SAMPLE_M = 50  # AutonomousAgent.set_global_plan's downsample_route(route, 50) (leaderboard 1.0)
 
 
-def agent_route_planner(rmap: RoadMap, spec: RouteSpec) -> RoutePlanner:
+def agent_route_planner(rmap: RoadMap, spec: Route) -> RoutePlanner:
     """The route planner the deployed agent builds for `spec`: the dense leaderboard route, downsampled as
     the leaderboard's agent base class does, then agent.route's planner with the agent's default radii."""
-    _, route = interpolate_trajectory(rmap.planner, spec.locations())
+    _, route = interpolate_trajectory(rmap.planner, keypoint_locations(spec))
     plan = [route[i] for i in downsample_route(route, LEADERBOARD_SAMPLE_M)]
     opts = AgentConfig()
     return planner_from_world_plan(plan, opts.route_min_distance, opts.route_max_distance)

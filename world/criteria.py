@@ -28,9 +28,9 @@ import numpy as np
 
 from carla_eval import scoring
 from vlmad.commands import RoadOption
-from vlmad.frames import ego_yaw_to_carla
+from vlmad.frames import ego_to_carla_location, ego_to_carla_xyz, ego_yaw_to_carla
 from world.config import CriteriaConfig
-from world.roadmap import RoadMap
+from world.road_map import RoadMap
 from world.sim import OfflineWorld
 from world.traffic import RED
 
@@ -121,11 +121,11 @@ class RouteCriteria:
             wps = []
             for p, yaw in zip(lt.stop_pts, lt.stop_yaw):
                 back = (p[0] - 0.4 * math.cos(yaw), p[1] - 0.4 * math.sin(yaw))
-                wp = self.cmap.get_waypoint(carla.Location(float(back[0]), float(-back[1]), 0.0))
+                wp = self.cmap.get_waypoint(ego_to_carla_location(back))
                 if wp is not None:
                     wps.append(wp)
             centre = lt.stop_pts.mean(axis=0)
-            self._lights.append((i, lt, np.array([centre[0], -centre[1]]), wps))
+            self._lights.append((i, lt, ego_to_carla_xyz([centre[0], centre[1], 0.0])[:2], wps))
         self._last_red: int | None = None
         # blocked
         self._blocked_since: float | None = None
@@ -136,7 +136,7 @@ class RouteCriteria:
             return
         t = world.t
         e = world.ego
-        loc = np.array([e.x, -e.y, world.ego_z])  # CARLA location of the ego
+        loc = ego_to_carla_xyz([e.x, e.y, world.ego_z])  # CARLA location of the ego
         yaw_deg = float(ego_yaw_to_carla(e.yaw))
         self._collisions(world, loc, t)
         self._red_lights(world, loc, yaw_deg)
@@ -205,7 +205,7 @@ class RouteCriteria:
                 right = (wl.x + half * math.cos(wy - math.pi / 2), wl.y + half * math.sin(wy - math.pi / 2))
                 if _segments_cross(tail_close, tail_far, left, right):
                     pole = lt.pole
-                    self.events["red_light"].append(scoring.msg_red_light(lt.id, pole[0], -pole[1], pole[2]))
+                    self.events["red_light"].append(scoring.msg_red_light(lt.id, *ego_to_carla_xyz(pole)))
                     self._last_red = i
                     break
 

@@ -1,8 +1,8 @@
 """Road geometry of a `carla.Map`, extracted once per map for rendering, map targets and the world.
 
 Everything here is in the WORLD frame of the project's right-handed convention (x east, y north = CARLA
--y, z up, metres; yaw counter-clockwise, radians): CARLA locations go through
-`vlmad.frames.carla_to_ego_xyz` and CARLA yaws through `carla_yaw_to_ego`, nowhere else.
+-y, z up, metres; yaw counter-clockwise, radians): CARLA locations and poses go through `vlmad.frames`
+(`carla_to_ego_xyz`, `carla_pose_to_ego`), nowhere else.
 
 What is extracted (all from the map alone, no server):
 - driving lanes as strips (centre line, left/right edges, widths) sampled every `step` metres along each
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from vlmad.frames import carla_to_ego_xyz, carla_yaw_to_ego
+from vlmad.frames import carla_pose_to_ego, carla_to_ego_xyz
 
 # Colours and kinds of painted lines we keep (CARLA's LaneMarkingType / LaneMarkingColor names).
 _SOLID_KINDS = {"Solid": "solid", "Broken": "broken", "SolidSolid": "solid_solid",
@@ -130,12 +130,6 @@ _CACHE: dict[tuple, RoadGeometry] = {}
 # ----------------------------------------------------------------------------------------------------
 # Extraction
 # ----------------------------------------------------------------------------------------------------
-def _wp_pose(wp) -> tuple[np.ndarray, float]:
-    """World position (3,) and yaw (radians, ours) of a waypoint."""
-    loc = wp.transform.location
-    return carla_to_ego_xyz(loc.x, loc.y, loc.z), float(carla_yaw_to_ego(wp.transform.rotation.yaw))
-
-
 def _left_of(yaw: float) -> np.ndarray:
     return np.array([-math.sin(yaw), math.cos(yaw)])
 
@@ -161,7 +155,7 @@ def _lane_waypoints(entry, exit_, step: float) -> list:
 
 
 def _strip(wps, kind: str, poses=None) -> LaneStrip:
-    poses = poses or [_wp_pose(w) for w in wps]
+    poses = poses or [carla_pose_to_ego(w.transform) for w in wps]
     c = np.array([p for p, _ in poses])
     left = np.array([_left_of(y) for _, y in poses])
     half = np.array([w.lane_width / 2.0 for w in wps])[:, None]
@@ -240,7 +234,7 @@ def _outer_lanes(wps, side: str) -> list[LaneStrip]:
         strip = _strip(seq, kind)
         if kind == "sidewalk":
             # The kerb is the sidewalk edge nearest the road (nearest to the first driving lane).
-            ref = _wp_pose(wps[0])[0][:2]
+            ref = carla_pose_to_ego(wps[0].transform)[0][:2]
             dl = np.linalg.norm(strip.left[0] - ref)
             dr = np.linalg.norm(strip.right[0] - ref)
             strip.kerb = strip.left if dl < dr else strip.right
@@ -275,7 +269,7 @@ def _lights(carla_map) -> list[TrafficLightSite]:
                                     lane_type=carla.LaneType.Driving)
         if wp is None:
             continue
-        c, yaw = _wp_pose(wp)
+        c, yaw = carla_pose_to_ego(wp.transform)
         base = c.copy()  # on the ground at the lane's height (landmark z carries OpenDRIVE zOffset)
         on_lane = carla_map.get_waypoint(lm.transform.location, project_to_road=False,
                                          lane_type=carla.LaneType.Driving)
@@ -343,8 +337,8 @@ def _all_lanes(carla_map, step: float) -> list[list]:
     for group in rest.values():
         group.sort(key=lambda w: w.s)
         if len(group) >= 2:
-            p0, yaw = _wp_pose(group[0])
-            d = _wp_pose(group[-1])[0][:2] - p0[:2]
+            p0, yaw = carla_pose_to_ego(group[0].transform)
+            d = carla_pose_to_ego(group[-1].transform)[0][:2] - p0[:2]
             if d @ np.array([math.cos(yaw), math.sin(yaw)]) < 0:
                 group.reverse()
         lanes.append(group)

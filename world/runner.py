@@ -22,12 +22,14 @@ import cv2
 import numpy as np
 
 from carla_eval import scoring
+from routes.parse import Route
 from vlmad.errors import UserError
-from vlmad.frames import carla_yaw_to_ego
+from vlmad.frames import carla_pose_to_ego
 from vlmad.rig import CARLA_RIG, CameraSpec, Rig
 from world.config import LABEL, SOURCE, WorldConfig
 from world.criteria import RouteCriteria
-from world.roadmap import RoadMap, RouteSpec, interpolate_trajectory
+from world.global_planner import interpolate_trajectory, keypoint_locations
+from world.road_map import RoadMap
 from world.sim import OfflineWorld
 
 _BY_TYPE = {"sensor.other.gnss": "GPS", "sensor.other.imu": "IMU", "sensor.speedometer": "SPEED"}
@@ -63,9 +65,9 @@ def _route_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def keypoint_length(spec: RouteSpec) -> float:
+def keypoint_length(spec: Route) -> float:
     """The leaderboard's `meta.route_length`: length of the keypoint polyline (not of the dense route)."""
-    k = np.array([p[:3] for p in spec.keypoints])
+    k = np.array([(w.x, w.y, w.z) for w in spec.waypoints])
     return float(np.linalg.norm(np.diff(k, axis=0), axis=1).sum())
 
 
@@ -147,7 +149,7 @@ class OfflineRunner:
     def run_route(
         self,
         agent_factory: Callable[[], object],
-        spec: RouteSpec,
+        spec: Route,
         index: int,
         on_step: Callable[[StepView], None] | None = None,
         max_steps: int | None = None,
@@ -159,10 +161,11 @@ class OfflineRunner:
         setup_world(world, route): called after the traffic is spawned, to plant actors or fix lights.
         """
         t_start = time.time()
-        gps, route = interpolate_trajectory(self.rmap.planner, spec.locations())
+        gps, route = interpolate_trajectory(self.rmap.planner, keypoint_locations(spec))
         world = OfflineWorld(self.rmap, self.cfg, seed=_route_seed(self.seed, index))
         start = route[0][0]
-        world.reset(start.location.x, -start.location.y, float(carla_yaw_to_ego(start.rotation.yaw)))
+        p, yaw = carla_pose_to_ego(start)
+        world.reset(float(p[0]), float(p[1]), yaw)
         if setup_world is not None:
             setup_world(world, route)
         crit = RouteCriteria(self.rmap, route, self.cfg.criteria, 0.5 * self.cfg.dynamics.length)
@@ -200,7 +203,7 @@ class OfflineRunner:
                 except Exception:  # noqa: BLE001
                     traceback.print_exc(file=sys.stderr)
         return scoring.make_route_record(
-            f"RouteScenario_{spec.route_id}",
+            spec.name,
             index,
             crit.completion,
             crit.finalize(),

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vlmad.frames import se2_pose
+from vlmad.frames import ego_to_carla_location, se2_pose
 from world.config import WorldConfig
 from world.dynamics import EgoState, step_ego
-from world.roadmap import RoadMap, xy_to_loc
+from world.road_map import RoadMap
 from world.traffic import STATE_NAMES, Traffic
 
 LAYOUT_TYPE = "static.roadside"  # type id of a layout contact (the offline world does not model props)
@@ -98,7 +98,7 @@ class OfflineWorld:
         return d.length, d.width, d.height
 
     def _update_ego_lane(self) -> None:
-        wp = self.rmap.cmap.get_waypoint(xy_to_loc((self.ego.x, self.ego.y, 0.0)))
+        wp = self.rmap.cmap.get_waypoint(ego_to_carla_location((self.ego.x, self.ego.y, 0.0)))
         self.ego_z = wp.transform.location.z if wp is not None else 0.0
         if wp is None:
             return

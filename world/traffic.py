@@ -18,7 +18,7 @@ import numpy as np
 
 from world.config import TrafficConfig
 from world.dynamics import idm_accel
-from world.roadmap import RoadMap, Segment
+from world.road_map import RoadMap, Segment
 
 RED, YELLOW, GREEN = 0, 1, 2
 STATE_NAMES = ("red", "yellow", "green")

@@ -118,7 +118,7 @@ def synthetic_route(n: int = 40, spacing: float = 2.0, geo_ref: tuple[float, flo
     import carla
 
     from vlmad.commands import RoadOption
-    from world.sensors import carla_xy_to_gnss
+    from vlmad.gnss import carla_xy_to_gnss
 
     gps, world = [], []
     for i in range(n):
@@ -135,7 +135,7 @@ def synthetic_input(tick: int, rng: np.random.Generator, camera_size: tuple[int,
                     geo_ref: tuple[float, float] = (42.0, 2.0)) -> dict:
     """One tick of leaderboard input_data: random BGRA cameras, GNSS moving along the synthetic route at
     `speed` m/s (20 Hz), IMU with gravity and a compass pointing along +x (east), speedometer."""
-    from world.sensors import carla_xy_to_gnss
+    from vlmad.gnss import carla_xy_to_gnss
 
     w, h = camera_size
     out: dict = {name: (tick, rng.integers(0, 256, (h, w, 4), dtype=np.uint8)) for name in cameras}

@@ -26,11 +26,11 @@ import numpy as np
 
 from nusc.classes import DETECTION_CLASSES
 from teacher.backends.openai_chat import Reply
+from vlmad.horizon import STEP_S
 from vlmad.io import sha256_bytes
 
 RULE_TEACHER_LABEL = "rule-teacher (privileged ground truth, not a VLM)"
 RULE_MODEL = "rule-teacher-v1"  # bump when the rules change (part of every cache key)
-DT = 0.5  # seconds between future keyframes
 
 _VEHICLES = {"car", "truck", "construction_vehicle", "bus", "trailer", "motorcycle", "bicycle"}
 
@@ -85,7 +85,7 @@ def rule_labels(record: Mapping[str, Any], still_m: float = 1.0, slow_mps: float
         return {"control": "stop" if speed < 0.3 else "go straight", "turn": "none", "lane": "none"}
     seg = np.diff(np.concatenate([np.zeros((1, 2)), pts]), axis=0)
     path_len = float(np.linalg.norm(seg, axis=1).sum())
-    horizon = len(pts) * DT
+    horizon = len(pts) * STEP_S
     x_end, y_end = float(pts[-1, 0]), float(pts[-1, 1])
     yaw_end = float(yaws[-1]) if np.isfinite(yaws[-1]) else math.atan2(seg[-1, 1], seg[-1, 0])
     if x_end < -0.5 and path_len > 0.5:
@@ -135,7 +135,7 @@ def rule_texts(record: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str
         extra = f" and {labels['turn']}"
     elif labels["lane"] != "none":
         extra = f" and {labels['lane'].replace('change lane', 'change lanes')}"
-    future = f"It will {verb}{extra}, covering about {dist:.0f} m in the next {len(pts) * DT:g} seconds."
+    future = f"It will {verb}{extra}, covering about {dist:.0f} m in the next {len(pts) * STEP_S:g} seconds."
     reasons = []
     priv = record.get("privileged") or {}
     light = priv.get("traffic_light") if isinstance(priv, Mapping) else None

@@ -1,8 +1,10 @@
-"""A valid random batch for any VAD config (tests, benchmarks, smoke runs of the agent / training code).
+"""A valid random batch for any VAD config (tests and the benchmarks scripts/bench_model.py, bench_train.py,
+bench_vlmad.py; not the pipeline, hence here and not in models/).
 
 Images are random (already "normalised"), calibration is the real CARLA rig from `vlmad.rig` at the
 config's image size, ego motion is a plausible forward drive, targets are random but well-formed (in
 range, 20-point map polylines, agent futures along their velocity). Not data: a shape-and-plumbing aid.
+The feature part is `models.features.feature_inputs(batch)`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch
 
 from models.vad import VADConfig
 from vlmad.frames import relative_motion, se2_pose
+from vlmad.horizon import FUT_STEPS, HIS_STEPS, STEP_S
 from vlmad.rig import CARLA_RIG
 
 
@@ -42,11 +45,11 @@ def make_dummy_batch(
     img = torch.randn(b, tq, cfg.num_cams, 3, h, w, generator=g)
     img_from_ego = dummy_img_from_ego(cfg)[None, None].expand(b, tq, -1, -1, -1).clone()
 
-    # ego drives forward ~5 m/s with a gentle yaw rate; frames 0.5 s apart
+    # ego drives forward ~5 m/s with a gentle yaw rate; frames STEP_S apart
     cur_from_prev = torch.zeros(b, tq, 4, 4)
     for i in range(b):
         speed, yaw_rate = 3.0 + 4.0 * rng.random(), rng.uniform(-0.2, 0.2)
-        poses = [se2_pose(0.5 * k * speed, 0.0, 0.5 * k * yaw_rate) for k in range(tq)]
+        poses = [se2_pose(STEP_S * k * speed, 0.0, STEP_S * k * yaw_rate) for k in range(tq)]
         cur_from_prev[i, 0] = torch.eye(4)
         for k in range(1, tq):
             cur_from_prev[i, k] = torch.as_tensor(
@@ -57,13 +60,12 @@ def make_dummy_batch(
     can_bus = torch.randn(b, tq, 18, generator=g) * 0.5
 
     command = torch.randint(0, 3, (b,), generator=g)
-    t = torch.arange(1, 7, dtype=torch.float32) * 0.5
+    t = torch.arange(1, FUT_STEPS + 1, dtype=torch.float32) * STEP_S
     speed = 2.0 + 6.0 * torch.rand(b, 1, generator=g)
     lateral = torch.where(command == 0, -1.0, torch.where(command == 1, 1.0, 0.0))[:, None] * 0.2 * t**2
-    ego_fut = torch.stack([speed * t, lateral.expand(b, 6)], -1)
-    ego_his = torch.stack([-speed * 1.0, torch.zeros(b, 1), -speed * 0.5, torch.zeros(b, 1)], -1).view(
-        b, 2, 2
-    )
+    ego_fut = torch.stack([speed * t, lateral.expand(b, FUT_STEPS)], -1)
+    ago = [STEP_S * (HIS_STEPS - k) for k in range(HIS_STEPS)]  # 1.0 s, 0.5 s
+    ego_his = torch.stack([torch.cat([-speed * a, torch.zeros(b, 1)], -1) for a in ago], 1)
 
     agents, maps = [], []
     for _ in range(b):
@@ -89,7 +91,7 @@ def make_dummy_batch(
                 "labels": torch.randint(0, cfg.num_classes, (n,), generator=g),
                 "velocity": vel,
                 "fut": fut,
-                "fut_mask": torch.ones(n, 6, dtype=torch.bool),
+                "fut_mask": torch.ones(n, FUT_STEPS, dtype=torch.bool),
             }
         )
         k = num_map
@@ -116,27 +118,10 @@ def make_dummy_batch(
         "ego_his": ego_his,
         "goal_point": ego_fut[:, -1].clone() + torch.tensor([10.0, 0.0]),
         "ego_fut": ego_fut,
-        "ego_fut_mask": torch.ones(b, 6, dtype=torch.bool),
+        "ego_fut_mask": torch.ones(b, FUT_STEPS, dtype=torch.bool),
         "agents": agents,
         "map": maps,
         "tl_label": torch.randint(0, cfg.tl_num_classes, (b,), generator=g),
         "token": [f"dummy_{seed}_{i}" for i in range(b)],
     }
 
-
-FEATURE_KEYS = (
-    "img",
-    "img_from_ego",
-    "can_bus",
-    "cur_from_prev",
-    "prev_valid",
-    "command",
-    "ego_his",
-    "goal_point",
-    "ego_from_bev",
-)
-
-
-def feature_inputs(batch: dict) -> dict:
-    """The feature part of a batch (what `VAD.forward` sees; never ground truth)."""
-    return {k: batch[k] for k in FEATURE_KEYS if k in batch}

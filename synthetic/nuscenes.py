@@ -1,4 +1,4 @@
-"""A small procedural nuScenes-format dataset for tests, benchmarks and the embedded default.
+"""A small procedural nuScenes-format dataset for the tests and the benchmarks (scripts/bench_*.py).
 
 Each scene is an ego car following a two-lane road (scene index mod 3: 0 gently curving, 1 turning left,
 2 turning right) with a lead car, an oncoming car, a parked truck and a pedestrian on a crossing. Camera

@@ -4,13 +4,16 @@ Driving checkpoint: a folder that the CARLA agent and the open-loop evaluator lo
     model.safetensors   the VAD driver's state_dict and nothing else (no VLM-AD head, no optimizer)
     config.yaml         the resolved `VADConfig` (vlmad.config.save_resolved), editable by hand
     meta.json           {"format": "vlmad-driving", "format_version": 1, "config_name", "trained_with_vlm_ad",
-                         "source_checkpoint", "created", "torch", "num_parameters", "weights_sha256", ...}
+                         "source_checkpoint", "created", "torch", "num_parameters", "weights_sha256",
+                         "training_rig": the camera geometry of the training data (vlmad.rig.describe_rig /
+                         describe_calibration; null when unknown, e.g. random init), ...}
 
 Training checkpoint: a folder written by the trainer and read back to resume or to export.
     model.safetensors   the `TrainModel` state_dict: "driver.*" and, when VLM-AD is on, "aux.*"
     config.yaml         {"model": VADConfig, "vlm_ad": VLMADConfig or null, "text_dim": C or null,
                          "train": the training config as a plain dict}
-    meta.json           {"format": "vlmad-train", "format_version": 1, "step", "epoch", "created", ...}
+    meta.json           {"format": "vlmad-train", "format_version": 1, "step", "epoch", "created",
+                         "training_rig", ...}
     optimizer.pt        optional; torch.save of a dict of plain containers and tensors (optimizer,
                         scheduler, scaler state); read with torch.load(weights_only=True)
 
@@ -178,14 +181,15 @@ def export_driving_checkpoint(driver: VAD, cfg: VADConfig, out_dir: str | Path,
 
     `driver` must be the bare `VAD` (pass `train_model.driver`, never the `TrainModel`): the exported file
     then cannot contain any VLM-AD head parameter. `meta` adds or overrides descriptive fields
-    (config_name, trained_with_vlm_ad, source_checkpoint, step, ...).
+    (config_name, trained_with_vlm_ad, source_checkpoint, step, training_rig, ...); the agent warns when
+    `training_rig` differs from the rig it drives with.
     """
     if isinstance(driver, TrainModel) or not isinstance(driver, VAD):
         raise TypeError(f"export_driving_checkpoint needs the VAD driver, got {type(driver).__name__}; "
                         "pass train_model.driver")
     weights = _state_bytes(driver.state_dict(), DRIVING_FORMAT)
     info: dict[str, Any] = {"config_name": getattr(cfg, "name", None), "trained_with_vlm_ad": False,
-                            "source_checkpoint": None}
+                            "source_checkpoint": None, "training_rig": None}
     info.update(meta or {})
     info.update(format=DRIVING_FORMAT, format_version=FORMAT_VERSION, created=_now(), torch=torch.__version__,
                 num_parameters=sum(p.numel() for p in driver.parameters()),
@@ -309,7 +313,7 @@ def load_train_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     meta = _read_meta(folder, what)
     if meta.get("format") == DRIVING_FORMAT:
         raise UserError(f"{folder} is a driving checkpoint (inference weights only); it cannot be resumed "
-                        "or re-exported; load it with models.export.load_driving_checkpoint")
+                        "or re-exported; load it with models.checkpoint_formats.load_driving_checkpoint")
     data = _read_yaml(folder / CONFIG, what)
     if not isinstance(data, dict) or "model" not in data:
         raise UserError(f"{what}: {CONFIG} must have a `model` section (and vlm_ad, text_dim, train)")

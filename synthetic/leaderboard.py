@@ -14,8 +14,9 @@ import numpy as np
 
 from vlmad.commands import RoadOption
 from vlmad.frames import ego_to_carla_xyz, ego_yaw_to_carla
+from vlmad.gnss import carla_xy_to_gnss
 from vlmad.rig import Rig
-from world.sensors import carla_xy_to_gnss, make_input_data
+from world.sensors import make_input_data
 
 GEO_REF = (49.0, 8.0)  # deliberately not CARLA's default (42, 2): the agent must recover it from the route
 
