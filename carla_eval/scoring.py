@@ -168,10 +168,6 @@ def msg_red_light(light_id: int, x: float, y: float, z: float) -> str:
     return f"Agent ran a red light {light_id} at {_xyz(x, y, z)}"
 
 
-def msg_stop(stop_id: int, x: float, y: float, z: float) -> str:
-    return f"Agent ran a stop with id={stop_id} at {_xyz(x, y, z)}"
-
-
 def msg_outside_lanes(distance_m: float, percentage: float) -> str:
     return (f"Agent went outside its route lanes for about {round(float(distance_m), 3)} meters "
             f"({round(float(percentage), 2)}% of the completed route)")

@@ -172,3 +172,12 @@ def test_command_uses_last_valid_point_and_road_options():
     assert command_from_road_option(RoadOption.RIGHT) == Command.RIGHT
     assert command_from_road_option(RoadOption.CHANGELANELEFT) == Command.STRAIGHT
     assert command_from_road_option(RoadOption.LANEFOLLOW) == Command.STRAIGHT
+
+
+def test_carla_mount_conversion_flips_y_pitch_yaw_and_round_trips():
+    from vlmad.frames import carla_mount_to_ego, ego_mount_to_carla
+
+    # CARLA's CAM_FRONT_LEFT: 0.27 m to the LEFT is y = -0.27 there, yawed 55 deg to the left = -55
+    assert carla_mount_to_ego(0.8, -0.27, 1.6, 1.0, 2.0, -55.0) == (0.8, 0.27, 1.6, 1.0, -2.0, 55.0)
+    m = (1.5, 0.4, 1.7, -3.0, 5.0, 110.0)
+    assert ego_mount_to_carla(*carla_mount_to_ego(*m)) == m

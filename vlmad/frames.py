@@ -227,6 +227,19 @@ def ego_yaw_to_carla(yaw_rad: float | np.ndarray) -> float | np.ndarray:
     return np.degrees(wrap_angle(-np.asarray(yaw_rad, dtype=np.float64)))
 
 
+def carla_mount_to_ego(x: float, y: float, z: float, roll_deg: float, pitch_deg: float,
+                       yaw_deg: float) -> tuple[float, float, float, float, float, float]:
+    """A sensor mount (position in m, angles in degrees) given in CARLA's convention (y right, left-handed)
+    in ours (y left, right-handed): y, pitch and yaw change sign, x, z and roll do not."""
+    return float(x), -float(y), float(z), float(roll_deg), -float(pitch_deg), -float(yaw_deg)
+
+
+def ego_mount_to_carla(x: float, y: float, z: float, roll_deg: float, pitch_deg: float,
+                       yaw_deg: float) -> tuple[float, float, float, float, float, float]:
+    """Inverse of `carla_mount_to_ego` (the same sign flips: the conversion is its own inverse)."""
+    return carla_mount_to_ego(x, y, z, roll_deg, pitch_deg, yaw_deg)
+
+
 def carla_rotation_matrix(roll_deg: float, pitch_deg: float, yaw_deg: float) -> np.ndarray:
     """3x3 rotation of a CARLA `Rotation(pitch, yaw, roll)`, in CARLA's own left-handed axes.
 

@@ -22,7 +22,14 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vlmad.frames import CAM_FROM_BODY, euler_to_rotmat, invert_transform, make_transform
+from vlmad.frames import (
+    CAM_FROM_BODY,
+    carla_mount_to_ego,
+    ego_mount_to_carla,
+    euler_to_rotmat,
+    invert_transform,
+    make_transform,
+)
 
 # Camera order used everywhere (VAD / nuScenes infos order).
 CAMERA_NAMES = (
@@ -77,10 +84,11 @@ class CameraSpec:
 
     def carla_sensor(self) -> dict:
         """Leaderboard `sensors()` entry in CARLA's left-handed convention."""
+        x, y, z, roll, pitch, yaw = ego_mount_to_carla(self.x, self.y, self.z, self.roll_deg, self.pitch_deg,
+                                                       self.yaw_deg)
         return {
-            "type": "sensor.camera.rgb", "id": self.name,
-            "x": self.x, "y": -self.y, "z": self.z,
-            "roll": self.roll_deg, "pitch": -self.pitch_deg, "yaw": -self.yaw_deg,
+            "type": "sensor.camera.rgb", "id": self.name, "x": x, "y": y, "z": z,
+            "roll": roll, "pitch": pitch, "yaw": yaw,
             "width": self.width, "height": self.height, "fov": self.fov_deg,
         }
 
@@ -89,11 +97,11 @@ class CameraSpec:
         """Inverse of `carla_sensor`: a leaderboard camera entry (CARLA convention) as a CameraSpec.
 
         Missing optional keys take CARLA's defaults (fov 90, 800x600, zero angles)."""
+        x, y, z, roll, pitch, yaw = carla_mount_to_ego(d["x"], d["y"], d["z"], d.get("roll", 0.0),
+                                                       d.get("pitch", 0.0), d.get("yaw", 0.0))
         return cls(
-            name=str(d["id"]), x=float(d["x"]), y=-float(d["y"]), z=float(d["z"]),
-            yaw_deg=-float(d.get("yaw", 0.0)), fov_deg=float(d.get("fov", 90.0)),
-            width=int(d.get("width", 800)), height=int(d.get("height", 600)),
-            pitch_deg=-float(d.get("pitch", 0.0)), roll_deg=float(d.get("roll", 0.0)),
+            name=str(d["id"]), x=x, y=y, z=z, yaw_deg=yaw, fov_deg=float(d.get("fov", 90.0)),
+            width=int(d.get("width", 800)), height=int(d.get("height", 600)), pitch_deg=pitch, roll_deg=roll,
         )
 
     def resized(self, width: int, height: int) -> CameraSpec:
@@ -144,7 +152,8 @@ class Rig:
 
 def _carla_cam(name: str, x: float, y_right: float, yaw_cw: float, fov: float) -> CameraSpec:
     """A camera given in CARLA's convention (y right, yaw clockwise), stored in ours."""
-    return CameraSpec(name=name, x=x, y=-y_right, z=1.60, yaw_deg=-yaw_cw, fov_deg=fov)
+    x, y, z, _, _, yaw = carla_mount_to_ego(x, y_right, 1.60, 0.0, 0.0, yaw_cw)
+    return CameraSpec(name=name, x=x, y=y, z=z, yaw_deg=yaw, fov_deg=fov)
 
 
 # The CARLA rig of the public VAD CARLA agent (Bench2DriveZoo), docs/facts.md section 8.

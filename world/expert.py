@@ -15,7 +15,7 @@ import carla
 import numpy as np
 
 from vlmad.frames import ego_to_carla_location
-from world.config import ExpertConfig, WorldConfig
+from world.config import ExpertConfig
 from world.expert_core import EgoState, ExpertDriver, LanePoint, Obstacles
 from world.sim import OfflineWorld
 
@@ -104,7 +104,3 @@ class ExpertAgent(ExpertDriver):
             raise RuntimeError("ExpertAgent needs bind_world(world) and set_global_plan() before run_step")
         throttle, steer, brake = self.decide()
         return carla.VehicleControl(throttle=throttle, steer=steer, brake=brake)
-
-
-def make_expert(cfg: WorldConfig | None = None) -> ExpertAgent:
-    return ExpertAgent("", (cfg or WorldConfig()).expert)

@@ -324,14 +324,6 @@ class Traffic:
             np.array(speed),
         )
 
-    def path_ahead(
-        self, seg_id: int, s: float, plan: list[int], length: float = LOOKAHEAD_M
-    ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]]]:
-        """Corridor ahead of a lane position: (K, 2) points, (K,) distances along it, and the list of
-        (segment id, distance at which the path enters it) for the segments after the current one."""
-        pts, cum, entries, _ = self._chain(seg_id, plan)
-        return self._slice(pts, cum, entries, s, length)
-
     def _chain(
         self, seg_id: int, plan: list[int]
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, float]], float]:
