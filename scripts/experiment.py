@@ -41,8 +41,9 @@ def labels(cfg: ExperimentConfig) -> str:
     encoder = "MiniLM (not CLIP)" if d.encoder == "minilm" else d.encoder
     nano = cfg.train.model == "vad_nano"
     model = f"{cfg.train.model}" + (" (test size, not VAD-Tiny/Base)" if nano else "")
+    extra = f" ({' '.join(cfg.train.extra_args)})" if cfg.train.extra_args else ""
     return (f"Produced by: {data}; {teacher}; {encoder}; {model}, {cfg.train.steps} steps x batch "
-            f"{cfg.train.batch_size}. Not comparable with the paper's nuScenes / CARLA numbers.")
+            f"{cfg.train.batch_size}{extra}. Not comparable with the paper's nuScenes / CARLA numbers.")
 
 
 def resolve(preset: str | None, config: str | None, overrides: list[str],
