@@ -55,6 +55,7 @@ from vlmad.cli import resolve_device
 from vlmad.commands import Command
 from vlmad.errors import UserError
 from vlmad.frames import carla_location_to_ego, invert_transform, relative_motion, transform_points
+from vlmad.horizon import HIS_STEPS, STEP_S
 from vlmad.rig import RIGS, rig_mismatch
 
 log = logging.getLogger("agent.vad")
@@ -319,9 +320,10 @@ class VADAgent(AutonomousAgent):
         return h[0] if h and h[0].tick <= limit else None
 
     def _ego_his(self, pose: np.ndarray, now: float) -> np.ndarray:
-        """(2, 2) ego positions 1.0 s and 0.5 s ago in the current ego frame (0 where not yet known)."""
-        out = np.zeros((2, 2))
-        for i, ago in enumerate((1.0, 0.5)):
+        """(HIS_STEPS, 2) ego positions 1.0 s and 0.5 s ago (oldest first, vlmad.horizon) in the current ego
+        frame (0 where not yet known)."""
+        out = np.zeros((HIS_STEPS, 2))
+        for i, ago in enumerate(STEP_S * k for k in range(HIS_STEPS, 0, -1)):
             best = min(self._poses, key=lambda p: abs(p[0] - (now - ago)), default=None)
             if best is not None and abs(best[0] - (now - ago)) < 0.5 * TICK_S + 1e-6:
                 out[i] = transform_points(invert_transform(pose), best[1][:3, 3])[:2]

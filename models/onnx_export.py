@@ -39,7 +39,9 @@ from torch import nn
 
 from models.bev_encoder import visible_pairs
 from models.vad import VAD, BEVState, VADConfig, check_finite_inputs
+from vlmad.commands import Command
 from vlmad.errors import UserError
+from vlmad.horizon import HIS_STEPS
 
 OPSET = 18  # the dynamo exporter's default; GridSample (opset 16+) is the newest op the graph needs
 META_CONFIG = "vad_config"
@@ -75,7 +77,7 @@ def sca_capacity(cfg: VADConfig, img_from_ego: torch.Tensor) -> int:
 
 def rig_projections(cfg: VADConfig, rig_name: str) -> torch.Tensor:
     """(Ncam, 4, 4) projections of a `vlmad.rig.RIGS` rig at the config's image size (as the dataset and
-    synthetic.batch build them)."""
+    the dummy batches build them)."""
     from vlmad.rig import RIGS
 
     if rig_name not in RIGS:
@@ -146,13 +148,22 @@ class DrivingGraph(nn.Module):
 
 
 def example_inputs(cfg: VADConfig, batch_size: int = 1) -> dict[str, torch.Tensor]:
-    """Inputs of the graph's shapes (dummy images, the CARLA rig's calibration, no previous BEV)."""
-    from models.features import feature_inputs
-    from synthetic.batch import make_dummy_batch
-
-    inputs = feature_inputs(make_dummy_batch(cfg, batch_size=batch_size, queue_length=1))
-    inputs["prev_valid"] = torch.zeros(batch_size, 1, dtype=torch.bool)
-    inputs["prev_bev"] = torch.zeros(batch_size, cfg.bev_h * cfg.bev_w, cfg.embed_dims)
+    """Inputs of the graph's shapes: zero images and motion, the CARLA rig's calibration at the config's
+    image size, a straight command, no previous BEV. Only shapes and dtypes matter to the exporter; the
+    calibration is a real one so the fixed-size camera packing sees a plausible rig."""
+    b, (h, w) = batch_size, cfg.img_hw
+    mats = rig_projections(cfg, "carla_vad")
+    inputs = {
+        "img": torch.zeros(b, 1, cfg.num_cams, 3, h, w),
+        "img_from_ego": mats[None, None].expand(b, 1, -1, -1, -1).clone(),
+        "can_bus": torch.zeros(b, 1, 18),
+        "cur_from_prev": torch.eye(4).expand(b, 1, 4, 4).clone(),
+        "prev_valid": torch.zeros(b, 1, dtype=torch.bool),
+        "command": torch.full((b,), int(Command.STRAIGHT), dtype=torch.long),
+        "ego_his": torch.zeros(b, HIS_STEPS, 2),
+        "goal_point": torch.tensor([[10.0, 0.0]]).expand(b, 2).clone(),
+        "prev_bev": torch.zeros(b, cfg.bev_h * cfg.bev_w, cfg.embed_dims),
+    }
     return {k: inputs[k] for k in input_names(cfg)}
 
 
