@@ -158,3 +158,38 @@ def test_random_routes_are_a_route_file_that_plans_the_same(grid, tmp_path):
     assert [r.id for r in select_routes(back, ["8"])] == ["8"]
     with pytest.raises(UserError, match="not in the route file"):
         select_routes(back, ["9"])
+
+
+def _light_in_front_camera(rm: RoadMap, stop_margin: float = 0.5, ego_length: float = 4.9) -> np.ndarray:
+    """(lanes,) bool: the governing light's head projects into CARLA_RIG's CAM_FRONT (160x90) for an ego
+    standing at each stop line (front bumper `stop_margin` before it, as the expert stops)."""
+    from vlmad.rig import CARLA_RIG
+    from world.render import HEAD_CENTER_Z
+
+    cam = CARLA_RIG.with_image_size(160, 90).camera("CAM_FRONT")
+    img_from_ego = cam.img_from_ego()
+    seen = []
+    for lt in rm.lights:
+        for pt, yaw in zip(lt.stop_pts, lt.stop_yaw):
+            c, s = math.cos(yaw), math.sin(yaw)
+            ego_xy = pt - (stop_margin + ego_length / 2) * np.array([c, s])
+            d = lt.pole[:2] - ego_xy  # world -> ego: rotate by -yaw
+            p = np.array([c * d[0] + s * d[1], -s * d[0] + c * d[1], HEAD_CENTER_Z, 1.0])
+            u, v, w = (img_from_ego @ p)[:3]
+            seen.append(w > 0.1 and 0 <= u / w < 160 and 0 <= v / w < 90)
+    return np.array(seen)
+
+
+def test_lights_are_visible_from_the_stop_line_as_in_carla_towns(shared_maps):
+    """A car waiting at a red light must see it turn green. CARLA's US-style towns put the signal across
+    the junction (Town04: every stop line sees its light); the generated town does the same by default,
+    and its old near-side placement (`light_side="near"`) is never visible from the stop line."""
+    assert _light_in_front_camera(load_map("Town04", maps_dir=shared_maps)).all()
+    far = RoadMap("G", generate_town(TownSpec(name="G")))
+    assert _light_in_front_camera(far).all()
+    assert len({lt.id for lt in far.lights}) == len(far.lights)  # one signal per approach, none shared
+    near = RoadMap("G", generate_town(TownSpec(name="G", light_side="near")))
+    assert not _light_in_front_camera(near).any()
+    assert [lt.phase for lt in near.lights] == [lt.phase for lt in far.lights]  # same cycle, moved pole
+    with pytest.raises(UserError, match="light_side"):
+        generate_town(TownSpec(light_side="left"))

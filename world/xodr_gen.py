@@ -5,8 +5,13 @@ signalised 4-way junctions, points on the border are signalised T-junctions and 
 are 90-degree curves of a ring road. Every road is two-way with `lanes` driving lanes per direction and a
 sidewalk on each side. Junctions hold one connecting road per allowed movement: straight (every lane to
 the same lane), left (innermost lane to innermost lane) and right (outermost to outermost); no U-turns.
-Each approach carries a traffic-light signal (OpenDRIVE type 1000001, as CARLA's towns) near its stop
-line, referenced from the connecting roads it controls, and a crosswalk just before the junction.
+Each approach carries a traffic-light signal (OpenDRIVE type 1000001, as CARLA's towns), referenced from
+the connecting roads it controls, and a crosswalk just before the junction. The signal stands where CARLA's
+US-style towns put it: across the junction, on the far right corner (`light_side="far"`; in Town04 and
+Town10HD the pole is 16-26 m beyond the stop line and 4-6 m to the right), so a car waiting at the line
+sees its light. At a T-junction's stem, which has no road straight ahead, it stands on the far kerb of the
+road to the right. `light_side="near"` puts it at the stop line (the generator before this fix); a car
+stopped there cannot see it (docs/experiments.md, "Why the trained agent does not drive").
 
 Geometry is written in the OpenDRIVE frame, which is our right-handed world frame (x east, y north);
 CARLA flips y when it loads the file. `generate_town(spec)` returns the .xodr text; `validate_town`
@@ -36,6 +41,7 @@ class TownSpec:
     junction_margin: float = 6.0  # junction half-size beyond the driving lanes (room for turns), metres
     corner_radius: float = 25.0  # radius of the ring road's corner curves (reference line), metres
     crosswalks: bool = True  # a crosswalk across each approach just before its junction
+    light_side: str = "far"  # "far": signal across the junction (CARLA's US towns); "near": at the stop line
     speed_limit_kmh: float = 40.0  # OpenDRIVE road type speed
     lat0: float = 0.0  # geoReference latitude origin (CARLA's towns use 0)
     lon0: float = 0.0  # geoReference longitude origin
@@ -192,6 +198,36 @@ class _Builder:
         return self._xml()
 
     # ------------------------------------------------------------------------------------------------
+    def _signal_site(
+        self, ang: float, road: _Road, at_start: bool, arms: list[tuple[float, _Road, bool]]
+    ) -> tuple[_Road, float, float, str, tuple[int, int]]:
+        """(road, s, t, orientation, validity lanes) of the signal for traffic entering from arm `ang`.
+
+        "near": the approach's own kerb at its stop line. "far": the far right corner, on the kerb of the
+        road straight ahead (right of the traffic leaving on it), or at a T-junction's stem the far kerb of
+        the road to the right. An arm's `at_start` says whether its road starts at this junction."""
+        s, k = self.spec, self.spec.lanes
+        side_t = k * s.lane_width + 0.5 * s.sidewalk_width
+        if s.light_side not in ("far", "near"):
+            raise UserError(f"light_side must be 'far' or 'near', got {s.light_side!r}")
+        h_in = _wrap(ang + math.pi)  # heading of the traffic entering from this arm
+        by_turn = {
+            round(math.degrees(_wrap(b_ang - h_in))): (b_road, b_start) for b_ang, b_road, b_start in arms
+        }
+        exit_turn = 0 if 0 in by_turn else -90  # straight ahead, else (a stem) the road to the right
+        if s.light_side == "far" and exit_turn in by_turn:
+            b_road, b_start = by_turn[exit_turn]
+            # Valid for the lanes leaving on that road, so its own incoming traffic never finds this light.
+            # Straight: the leaving traffic's right kerb; stem: the kerb on the far side (the other one).
+            kerb = -side_t if exit_turn == 0 else side_t
+            if b_start:  # leaving traffic drives along s on the right (-) lanes
+                return b_road, 1.0, kerb, "+", (-k, -1)
+            return b_road, b_road.length - 1.0, -kerb, "-", (1, k)
+        if at_start:  # near: traffic towards the junction drives against s on the left (+) lanes
+            return road, 1.0, side_t, "-", (1, k)
+        return road, road.length - 1.0, -side_t, "+", (-k, -1)
+
+    # ------------------------------------------------------------------------------------------------
     def _junction(
         self, jnum: int, centre: tuple[float, float], arms: list[tuple[float, _Road, bool]]
     ) -> None:
@@ -203,12 +239,8 @@ class _Builder:
             sig = self._next_signal
             self._next_signal += 1
             arm_sig[ai] = sig
-            side_t = k * w + 0.5 * s.sidewalk_width
-            if at_start:  # traffic towards the junction drives against s on the left (+) lanes
-                s_pos, t_pos, orient, lanes = 1.0, side_t, "-", (1, k)
-            else:
-                s_pos, t_pos, orient, lanes = road.length - 1.0, -side_t, "+", (-k, -1)
-            road.signals.append(
+            sig_road, s_pos, t_pos, orient, lanes = self._signal_site(_ang, road, at_start, arms)
+            sig_road.signals.append(
                 f'<signal name="Signal_3Light_Post01" id="{sig}" s="{_fmt(s_pos)}" t="{_fmt(t_pos)}" '
                 f'zOffset="0" hOffset="0" roll="0" pitch="0" orientation="{orient}" dynamic="yes" '
                 f'country="OpenDRIVE" type="1000001" subtype="-1" value="-1" text="" height="1.16" '
