@@ -185,10 +185,12 @@ class TrafficLightBranch(nn.Module):
         crop: tuple[float, float, float, float],
         width: int = 64,
         blocks: tuple[int, ...] = (3, 4, 6, 3),
+        frozen_stages: int = 1,
     ) -> None:
         super().__init__()
         self.crop = tuple(crop)
-        self.tl_backbone = ResNet(width, blocks, out_indices=(3,), frozen_stages=1)
+        # The same freezing as the image backbone (VADConfig.frozen_stages): both are ImageNet ResNets in VAD
+        self.tl_backbone = ResNet(width, blocks, out_indices=(3,), frozen_stages=frozen_stages)
         self.tl_mlp = nn.Sequential(
             nn.Linear(self.tl_backbone.out_channels[-1], embed_dims),
             nn.ReLU(),

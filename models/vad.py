@@ -291,7 +291,9 @@ class VAD(nn.Module):
             cfg.dropout,
         )
         self.tl_branch = (
-            TrafficLightBranch(c, cfg.tl_num_classes, cfg.tl_crop, cfg.backbone_width, cfg.backbone_blocks)
+            TrafficLightBranch(
+                c, cfg.tl_num_classes, cfg.tl_crop, cfg.backbone_width, cfg.backbone_blocks, cfg.frozen_stages
+            )
             if cfg.use_traffic_light
             else None
         )

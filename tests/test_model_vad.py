@@ -202,6 +202,20 @@ def test_param_groups_split_backbone():
     assert id(model.img_backbone.layer4[0].conv1.weight) in {id(p) for p in groups[0]["params"]}
 
 
+def test_frozen_stages_applies_to_both_image_backbones():
+    """VAD freezes the stem and layer1 of its ImageNet ResNets; the traffic-light backbone follows the same
+    switch, so a randomly initialised model (no weights to keep) can train every stage of both."""
+    for frozen, trainable in ((1, False), (-1, True)):
+        model = VAD(build_config("vad_nano", overrides=[f"frozen_stages={frozen}"]))
+        assert model.tl_branch is not None
+        for bb in (model.img_backbone, model.tl_branch.tl_backbone):
+            assert bb.conv1.weight.requires_grad is trainable
+            assert bb.layer1[0].conv1.weight.requires_grad is trainable
+            assert bb.layer2[0].conv1.weight.requires_grad
+        in_groups = {id(q) for g in model.param_groups(2e-4) for q in g["params"]}
+        assert (id(model.tl_branch.tl_backbone.conv1.weight) in in_groups) is trainable
+
+
 def test_bf16_autocast_forward_loss_backward(nano):
     """Autocast-safe: geometry and sampling stay fp32, outputs finite, the state keeps working."""
     cfg, model = nano
