@@ -167,3 +167,17 @@ def can_bus_from_motion(can_bus: torch.Tensor, prev_from_cur: torch.Tensor, dyaw
     (B, 4, 4) translation) and [17] by the heading change dyaw_deg (B,), degrees: the deltas BEVFormer
     feeds, from the same ego motion the temporal alignment uses (`VADConfig.can_bus_from_motion`)."""
     return torch.cat([prev_from_cur[:, :3, 3], can_bus[:, 3:CAN_BUS_YAW], dyaw_deg[:, None]], -1)
+
+
+# The entries that carry the ego's motion (its "ego status"): the translation and heading change since the
+# previous frame, acceleration, rotation rate and velocity. The rest ([3:7] quaternion, [16] yaw) is the
+# absolute heading.
+CAN_BUS_EGO_STATUS = (*range(0, 3), *range(7, 16), CAN_BUS_YAW)
+
+
+def drop_ego_status(can_bus: torch.Tensor) -> torch.Tensor:
+    """(..., 18) CAN bus with its ego-motion entries (CAN_BUS_EGO_STATUS) zeroed (`VADConfig.bev_ego_status`
+    False): the BEV queries no longer see how fast the ego moves (docs/models.md, "Ego status")."""
+    keep = torch.ones(can_bus.shape[-1], dtype=can_bus.dtype, device=can_bus.device)
+    keep[list(CAN_BUS_EGO_STATUS)] = 0.0
+    return can_bus * keep

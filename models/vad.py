@@ -51,7 +51,7 @@ from models.decoders import (
     vectors_bev_to_ego,
 )
 from models.deform_attn import inductor_keeping_grid_sample
-from models.features import can_bus_from_motion, padded_size, resized_size
+from models.features import can_bus_from_motion, drop_ego_status, padded_size, resized_size
 from models.fpn import FPN
 from models.layers import LearnedPositionalEncoding, cls_branch, reg_branch
 from models.motion_planning import LaneNet, MotionHead, PlanningHead, TrafficLightBranch
@@ -98,6 +98,9 @@ class VADConfig:
     queue_length: int = 4  # temporal queue Tq used in training (Base 4, Tiny 3); inference uses state
     can_bus_from_motion: bool = True  # overwrite can_bus[0:3] / [17] with the motion since the previous
     # frame (from cur_from_prev), as BEVFormer feeds deltas; False = use the can_bus values as given
+    bev_ego_status: bool = True  # the BEV queries see the CAN bus's ego motion (VAD); False zeroes it
+    # (models.features.CAN_BUS_EGO_STATUS): a driver that stands cannot read "I stand" from its input
+    # and copy it (BEV-Planner, Li et al. 2024; docs/models.md "Ego status")
     # ---- transformer ----------------------------------------------------------------------------------
     embed_dims: int = 256  # channels of every query / feature
     ffn_dims: int = 512  # hidden size of every FFN
@@ -363,6 +366,8 @@ class VAD(nn.Module):
             dyaw = torch.rad2deg(torch.atan2(prev_from_cur[:, 1, 0], prev_from_cur[:, 0, 0]))
         if cfg.can_bus_from_motion:
             can_bus = can_bus_from_motion(can_bus, prev_from_cur, dyaw)
+        if not cfg.bev_ego_status:
+            can_bus = drop_ego_status(can_bus)
         query = self.bev_embedding.weight[None] + self.transformer.can_bus_mlp(can_bus)[:, None]
         pos = self.positional_encoding()
         value, shapes = self._camera_value(feats, b)

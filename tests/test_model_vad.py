@@ -285,3 +285,28 @@ def test_tsa_points_sets_the_temporal_self_attention_sampling_points():
         assert len(offsets) == cfg.encoder_layers
         # heads x 2 queue frames (previous BEV, current) x 1 level x points x (x, y)
         assert all(w.shape[0] == cfg.num_heads * 2 * points * 2 for w in offsets)
+
+
+@pytest.mark.parametrize("ego_status", [True, False])
+def test_bev_ego_status_switch_decides_whether_speed_reaches_the_plan(nano, ego_status):
+    """VAD feeds the CAN bus (velocity, acceleration, motion since the last frame) into every BEV query;
+    `bev_ego_status=False` zeroes those entries, so the plan cannot depend on them, while the absolute
+    heading entries still reach it."""
+    cfg, _ = nano
+    cfg = dataclasses.replace(cfg, bev_ego_status=ego_status)
+    torch.manual_seed(0)
+    model = VAD(cfg).eval()
+    batch = make_dummy_batch(cfg, batch_size=1)
+
+    def plan(**edits: float) -> torch.Tensor:
+        inputs = feature_inputs(batch)
+        inputs["can_bus"] = inputs["can_bus"].clone()
+        for idx, value in edits.items():
+            inputs["can_bus"][..., int(idx[1:])] = value
+        with torch.no_grad():
+            return model(inputs)[0]["plan"]
+
+    base = plan()
+    moved = plan(i13=8.0, i7=2.0)  # velocity x 8 m/s, acceleration x 2 m/s^2
+    assert torch.allclose(base, moved, atol=1e-6) is (not ego_status)
+    assert not torch.allclose(base, plan(i16=1.0), atol=1e-6)  # heading is not ego status
