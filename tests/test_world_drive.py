@@ -134,6 +134,33 @@ def test_expert_waits_at_a_red_light_that_never_turns_green(grid):
     assert rec["infractions"]["red_light"] == [] and rec["status"] == "Failed - Agent got blocked"
 
 
+@pytest.mark.parametrize("delay", [0.0, 1.0])
+def test_expert_pulls_away_from_a_green_light_after_its_start_delay(grid, delay):
+    """ExpertConfig.start_delay_s: standing at the red, the expert waits `delay` seconds after the green
+    before it pulls away (0: the same tick); it never waits at the route's start, where nothing held it."""
+    straight, _, _ = _junction_routes(grid)
+    cfg = _cfg()
+    cfg.expert.start_delay_s = delay
+    green_at, seen = 10.0, {"first_throttle": None, "speed_at_green": None}
+
+    def on_step(view):
+        w = view.world
+        if w.t >= green_at:
+            w.traffic.lights.forced = {i: GREEN for i in range(len(w.rmap.lights))}
+            if seen["speed_at_green"] is None:
+                seen["speed_at_green"] = w.ego.v
+            if view.control.throttle > 0 and seen["first_throttle"] is None:
+                seen["first_throttle"] = w.t
+        elif w.t < 0.2:
+            assert view.control.throttle > 0  # the start of the route: no delay
+
+    OfflineRunner(grid, cfg).run_route(lambda: ExpertAgent(cfg=cfg.expert), straight, 0, on_step=on_step,
+                                       setup_world=_all(RED), max_steps=int((green_at + 3.0) / cfg.dt))
+    assert seen["speed_at_green"] == 0.0  # it stood at the red line
+    waited = seen["first_throttle"] - green_at
+    assert delay <= waited < delay + 0.2, waited
+
+
 # ---- planted infractions --------------------------------------------------------------------------------
 def test_driving_into_a_parked_vehicle_is_one_vehicle_collision(grid):
     straight, _, _ = _junction_routes(grid)

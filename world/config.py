@@ -83,6 +83,11 @@ class ExpertConfig:
     lead_gap: float = 3.5  # standstill gap to an obstacle, metres
     decel: float = 3.5  # comfortable deceleration used to decide whether a yellow can be stopped for, m/s^2
     lookahead_m: float = 40.0  # corridor length checked for obstacles, metres
+    # Seconds it waits, standing, after what held it clears (the light turns green, the lead pulls away),
+    # as a driver reacts. 0 = pulls away the same tick. With 0, 2 Hz keyframes almost never show a car
+    # standing at a green light (8 of 2,400), so a planner trained on them never sees the cue to go
+    # (docs/experiments.md).
+    start_delay_s: float = 0.0
 
 
 @dataclass

@@ -26,6 +26,8 @@ from vlmad.frames import carla_locations_to_ego_xy
 from world.config import DynamicsConfig, ExpertConfig
 from world.dynamics import idm_accel
 
+TICK_S = 0.05  # decide() runs once per simulation tick: 20 Hz in the offline world and the leaderboard
+
 RED, YELLOW, GREEN = 0, 1, 2  # light states: the values of carla.TrafficLightState (and world.traffic)
 STATE_NAMES = ("red", "yellow", "green")
 
@@ -103,6 +105,8 @@ class ExpertDriver:
         self.view: ExpertWorld | None = None
         self._plan: list | None = None
         self.info: dict = {}
+        self._held = False  # standing, held by a stop line or a lead (ExpertConfig.start_delay_s)
+        self._clear_ticks = 0  # ticks standing since the hold cleared
 
     # --- route pre-processing --------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -230,6 +234,13 @@ class ExpertDriver:
         throttle, brake = self._pedals(acc, v, dyn)
         if gap < idm.idm_gap + 1.0 and v < 0.3:
             throttle, brake = 0.0, 1.0
+            self._held, self._clear_ticks = True, 0
+        elif self._held and v < 0.3 and self._clear_ticks * TICK_S < cfg.start_delay_s:
+            # the way has cleared (green, the lead pulled away): pull away only after the start delay
+            self._clear_ticks += 1
+            throttle, brake = 0.0, 1.0
+        else:
+            self._held = False
         self.info = {
             "traffic_light": light_state,
             "traffic_light_distance": light_dist,
