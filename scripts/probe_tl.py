@@ -62,8 +62,9 @@ def probe(args: argparse.Namespace) -> dict:
                         "only data recorded from a route (offline world, CARLA) can be probed")
     train_sc, val_sc, _ = split_scenes([r["scene_name"] for r in infos], args.version, args.split,
                                        args.val_fraction)
-    tr = [r for r in infos if r["scene_name"] in set(train_sc)]
-    va = [r for r in infos if r["scene_name"] in set(val_sc)]
+    train_set, val_set = set(train_sc), set(val_sc)
+    tr = [r for r in infos if r["scene_name"] in train_set]
+    va = [r for r in infos if r["scene_name"] in val_set]
     if not tr or not va:
         raise UserError(f"need training and held-out scenes (got {len(tr)} / {len(va)} records)")
     x_tr, y_tr = front_images(tr, args.dataroot, model_cfg)
@@ -97,7 +98,9 @@ def probe(args: argparse.Namespace) -> dict:
         "prior_accuracy": round(float((y_va == majority).float().mean()), 3),
         "heldout_recall": {
             CLASS_NAMES[c]: f"{int(((pred == c) & (y_va == c)).sum())}/{int((y_va == c).sum())}"
-                           for c in range(len(CLASS_NAMES)) if (y_va == c).any()},
+            for c in range(len(CLASS_NAMES))
+            if (y_va == c).any()
+        },
         "train_loss_last_10pct": round(sum(tail) / len(tail), 3),
         "class_share_entropy": round(class_entropy(y_tr), 3),
     }
