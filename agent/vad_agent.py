@@ -55,11 +55,10 @@ from vlmad.cli import resolve_device
 from vlmad.commands import Command
 from vlmad.errors import UserError
 from vlmad.frames import carla_location_to_ego, invert_transform, relative_motion, transform_points
-from vlmad.horizon import HIS_STEPS, STEP_S
+from vlmad.horizon import HIS_STEPS, STEP_S, TICK_S
 from vlmad.rig import RIGS, rig_mismatch
 
 log = logging.getLogger("agent.vad")
-TICK_S = 0.05  # the leaderboard's fixed 20 Hz step
 REPEAT_LOG_TICKS = 20  # the same brake cause is logged again at most once per second
 GNSS_ROUTE_WARN_M = 20.0  # first GNSS fix farther than this from the spawn point: geolocation mismatch
 MAX_STATE_AGE_TICKS = 40  # a previous BEV older than 2 s is dropped: the next call starts afresh

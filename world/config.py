@@ -10,6 +10,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from vlmad.config import load_config
+from vlmad.horizon import TICK_S
 
 SOURCE = "offline_world"  # `meta.source` of every result file / dataset written from this world
 LABEL = "VLM-AD offline world (embedded default, no CARLA server): kinematic traffic on CARLA road networks"
@@ -94,7 +95,7 @@ class ExpertConfig:
 class WorldConfig:
     """Everything that defines an offline-world run (besides the town, routes and agent)."""
 
-    dt: float = 0.05  # simulation step, seconds (the leaderboard runs CARLA synchronously at 20 Hz)
+    dt: float = TICK_S  # simulation step, seconds (the leaderboard runs CARLA synchronously at 20 Hz)
     seed: int = 0  # seeds traffic spawn, route choice of background vehicles, light offsets
     image_width: int = 640  # rendered camera width (VAD-Tiny input resolution)
     image_height: int = 360  # rendered camera height

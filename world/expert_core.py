@@ -23,10 +23,9 @@ import numpy as np
 
 from vlmad.commands import RoadOption
 from vlmad.frames import carla_locations_to_ego_xy
+from vlmad.horizon import TICK_S
 from world.config import DynamicsConfig, ExpertConfig
 from world.dynamics import idm_accel
-
-TICK_S = 0.05  # decide() runs once per simulation tick: 20 Hz in the offline world and the leaderboard
 
 RED, YELLOW, GREEN = 0, 1, 2  # light states: the values of carla.TrafficLightState (and world.traffic)
 STATE_NAMES = ("red", "yellow", "green")

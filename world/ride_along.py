@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vlmad.horizon import TICK_S
+
 STOPPED_MPS = 0.3  # below this speed the ego counts as standing still
-TICK_S = 0.05  # 20 Hz
 
 
 @dataclass
