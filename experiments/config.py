@@ -97,6 +97,11 @@ class ExperimentConfig:
     train: TrainSpec = field(default_factory=TrainSpec)
     openloop_split: str = "heldout"  # scripts.eval_openloop --split: the scenes training held out
     closed_loop: ClosedLoopSpec = field(default_factory=ClosedLoopSpec)
+    # Runs (train, evaluate, drive of one variant x seed) and the expert's drive in flight at once, each
+    # given cpu_count / jobs torch threads. The simulator is single-threaded Python and vad_nano too small
+    # to use many cores, so 2 jobs on 2 cores finish sooner than 1 (docs/experiments.md measures it).
+    # The data steps before them always run one at a time.
+    jobs: int = 1
 
     def problems(self) -> list[str]:
         """What is wrong with this config (empty when it can run)."""
@@ -105,6 +110,8 @@ class ExperimentConfig:
             out.append("variants: name at least one (the first is the baseline)")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             out.append(f"seeds: need distinct seeds, got {list(self.seeds)}")
+        if self.jobs < 1:
+            out.append(f"jobs must be >= 1, got {self.jobs}")
         if self.train.steps < 1:
             out.append(f"train.steps must be >= 1, got {self.train.steps}")
         if self.closed_loop.routes < 0 or self.closed_loop.min_length > self.closed_loop.max_length:
@@ -138,5 +145,6 @@ PRESETS: dict[str, ExperimentConfig] = {
         data=DataSpec(collect=CollectSpec(drives=60, frames=40, image_size="160x90"), report_samples=24),
         train=TrainSpec(steps=1000, extra_args=OFFLINE_WORLD_TRAIN),
         closed_loop=ClosedLoopSpec(routes=20, min_length=150.0, max_length=250.0),
+        jobs=2,  # two runs at once, one thread each (docs/experiments.md: measured faster than one at two)
     ),
 }

@@ -17,11 +17,13 @@ Layout below `out/`:
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +41,9 @@ class Step:
     argv: list[str]  # module and arguments
     always: bool = False  # run even when `output` exists (cheap idempotent steps: indexes, scoring)
     before: Callable[[], None] | None = None  # prepares inputs (e.g. writes an agent YAML)
+    # Steps of one lane run in order; different lanes may run at once (ExperimentConfig.jobs). The data
+    # steps have no lane: every lane needs them, so they run first.
+    lane: str = ""
 
 
 def slug(name: str) -> str:
@@ -103,16 +108,17 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
                      "--quiet", *cfg.train.extra_args, *args]
             if "--vlm-ad" in args:
                 train += ["--features", str(feats), *cfg.train.vlm_ad_args]
-            steps.append(Step(f"train_{tag}", rd / "summary.json", train, before=_resume_flag(train, rd)))
+            steps.append(Step(f"train_{tag}", rd / "summary.json", train, before=_resume_flag(train, rd),
+                              lane=tag))
             steps.append(Step(f"eval_{tag}", rd / "openloop.json", [
                 "scripts.eval_openloop", "--dataroot", str(root), "--version", version,
                 "--checkpoint", str(rd),
                 "--split", cfg.openloop_split, "--out", str(rd / "openloop.json"), "--name", variant,
-                "--device", "cpu", "--quiet"]))
+                "--device", "cpu", "--quiet"], lane=tag))
             if "--vlm-ad" in args and seed == cfg.seeds[0]:  # why the heads help or not (first seed)
                 steps.append(Step(f"checks_{tag}", rd / "vlmad_checks.json", [
                     "scripts.vlmad_checks", "--run", str(rd), "--dataroot", str(root), "--version", version,
-                    "--features", str(feats), "--out", str(rd / "vlmad_checks.json")]))
+                    "--features", str(feats), "--out", str(rd / "vlmad_checks.json")], lane=tag))
             if c.routes:
                 agent_yaml = rd / "agent_offline.yaml"
                 who = ["--agent-config", str(agent_yaml), "--diagnose", str(rd / "closedloop_diagnosis.json")]
@@ -124,7 +130,7 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
 def _drive_steps(tag: str, label: str, folder: Path, who: list[str], common: list[str],
                  before: Callable[[], None] | None = None) -> list[Step]:
     results, report = folder / "closedloop.json", folder / "closedloop_report.json"
-    drive = Step(f"drive_{tag}", report, ["scripts.drive", *who, *common, "--out", str(results)],
+    drive = Step(f"drive_{tag}", report, ["scripts.drive", *who, *common, "--out", str(results)], lane=tag,
                  before=before)
     prep = drive.before
 
@@ -136,9 +142,9 @@ def _drive_steps(tag: str, label: str, folder: Path, who: list[str], common: lis
 
     drive.before = before_drive
     # both are done once the report exists: results alone may be a drive interrupted after some routes
-    score = Step(f"score_{tag}", report, ["carla_eval.report", str(results), "--json", str(report),
-                                          "--markdown", str(folder / "closedloop_report.md"),
-                                          "--label", label])
+    score = Step(f"score_{tag}", report, lane=tag, argv=[
+        "carla_eval.report", str(results), "--json", str(report),
+        "--markdown", str(folder / "closedloop_report.md"), "--label", label])
     return [drive, score]
 
 
@@ -160,43 +166,83 @@ def _agent_yaml(path: Path, camera_size: tuple[int, int], model_every: int) -> C
     return before
 
 
-def run_cli(step: Step, log_dir: Path) -> float:
-    """Run one step's CLI with its output on the console and in <log_dir>/<name>.log; returns seconds."""
+def run_cli(step: Step, log_dir: Path, threads: int | None = None) -> float:
+    """Run one step's CLI with its output in <log_dir>/<name>.log; returns seconds.
+
+    `threads` None streams the output to the console too (one step at a time); a number runs the step
+    quietly (other steps are running beside it) with that many torch / OpenMP threads.
+    """
     cmd = [sys.executable, "-m", *step.argv]
     print(f"\n=== [{step.name}] {' '.join(step.argv)}", flush=True)
     t0 = time.time()
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{step.name}.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = None
+    if threads is not None:  # torch reads these at import: the child's thread pool size
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    log_file = log_dir / f"{step.name}.log"
+    with open(log_file, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         assert proc.stdout is not None
         # Raw chunks, not lines: progress bars redraw with '\r', which line iteration would split.
         while chunk := proc.stdout.read1(65536):
-            sys.stdout.buffer.write(chunk)
-            sys.stdout.flush()
+            if threads is None:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
             log.write(chunk)
         code = proc.wait()
     if code != 0:
-        log_file = log_dir / f"{step.name}.log"
         raise UserError(f"step {step.name!r} failed (exit {code}); its output is in {log_file}")
     dt = time.time() - t0
     print(f"=== [{step.name}] done in {dt:.1f} s", flush=True)
     return dt
 
 
+def _run_lane(steps: list[Step], log_dir: Path, threads: int | None) -> dict[str, float]:
+    """Run one lane's steps in order, skipping the finished ones; returns {step name: seconds}."""
+    timings: dict[str, float] = {}
+    for step in steps:
+        if step.output.exists() and not step.always:
+            print(f"=== [{step.name}] {step.output} exists: skipped (delete it to redo the step)", flush=True)
+            continue
+        if step.before is not None:
+            step.before()
+        timings[step.name] = round(run_cli(step, log_dir, threads), 1)
+    return timings
+
+
 def run_steps(cfg: ExperimentConfig) -> dict[str, float]:
-    """Run every step not yet done; returns {step name: seconds} of the steps that ran."""
+    """Run every step not yet done; returns {step name: seconds} of the steps that ran.
+
+    The data steps run first, one at a time; then the lanes (one per run, one for the expert), `cfg.jobs`
+    at once. A failed lane does not stop the others; the error names every failed step once all are done.
+    """
     bad = cfg.problems()
     if bad:
         raise UserError("experiment config: " + "; ".join(bad))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out, "experiment.yaml")
-    timings: dict[str, float] = {}
-    for step in build_steps(cfg):
-        if step.output.exists() and not step.always:
-            print(f"=== [{step.name}] {step.output} exists: skipped (delete it to redo the step)", flush=True)
-            continue
-        if step.before is not None:
-            step.before()
-        timings[step.name] = round(run_cli(step, out / "logs"), 1)
+    log_dir = out / "logs"
+    steps = build_steps(cfg)
+    lanes: dict[str, list[Step]] = {}
+    for step in steps:
+        lanes.setdefault(step.lane, []).append(step)
+    timings = _run_lane(lanes.pop("", []), log_dir, None)
+    if cfg.jobs == 1:
+        for lane in lanes.values():
+            timings |= _run_lane(lane, log_dir, None)
+        return timings
+    threads = max(1, (os.cpu_count() or 1) // cfg.jobs)
+    print(f"=== {len(lanes)} lanes, {cfg.jobs} at a time ({threads} thread(s) each); "
+          f"progress in {log_dir}/<step>.log", flush=True)
+    errors: list[str] = []
+    with ThreadPoolExecutor(cfg.jobs) as pool:
+        futures = [pool.submit(_run_lane, lane, log_dir, threads) for lane in lanes.values()]
+        for f in futures:
+            try:
+                timings |= f.result()
+            except UserError as e:
+                errors.append(str(e))
+    if errors:
+        raise UserError("; ".join(errors))
     return timings

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +82,7 @@ def test_run_skips_done_steps_and_resumes_interrupted_ones(tmp_path, monkeypatch
     cfg.closed_loop.routes = 0
     ran: list[list[str]] = []
 
-    def fake(step, log_dir):
+    def fake(step, log_dir, threads=None):
         ran.append(list(step.argv))
         step.output.parent.mkdir(parents=True, exist_ok=True)
         if step.name != "infos" and step.name != "annotate":
@@ -143,11 +145,48 @@ def test_missing_runs_show_as_dashes_not_zeros(tmp_path):
     assert "| VAD + VLM-AD (Q1+Q2) | - | - |" in md
 
 
+def test_parallel_lanes_run_at_once_after_the_data_and_report_every_failure(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, seeds=(0, 1))
+    cfg.closed_loop.routes, cfg.jobs = 0, 2
+    barrier = threading.Barrier(2, timeout=10)  # broken unless two trainings are in flight together
+    lock, ran = threading.Lock(), []
+
+    def fake(step, log_dir, threads=None):
+        with lock:
+            ran.append((step.name, threads))
+        if step.name.startswith("train"):
+            barrier.wait()
+        if step.name == "eval_vad_s1":
+            raise UserError("step 'eval_vad_s1' failed (exit 1)")
+        step.output.parent.mkdir(parents=True, exist_ok=True)
+        if step.name not in ("infos", "annotate"):
+            step.output.mkdir() if step.name in ("collect", "report") else step.output.write_text("{}")
+        return 0.0
+
+    monkeypatch.setattr("experiments.steps.run_cli", fake)
+    with pytest.raises(UserError, match="eval_vad_s1"):
+        run_steps(cfg)
+    names = [n for n, _ in ran]
+    # the data steps first, one at a time and streamed (threads None); then every run's steps once
+    assert names[:5] == ["collect", "infos", "annotate", "report", "encode"]
+    per_lane = max(1, (os.cpu_count() or 1) // 2)
+    assert all(t is None for _, t in ran[:5]) and all(t == per_lane for _, t in ran[5:])
+    assert sorted(names[5:]) == sorted(s.name for s in build_steps(cfg)[5:])  # the failure stopped no lane
+    for tag in ("vad_s0", "vad_s1", "vad_vlm-ad_q1_q2_s0", "vad_vlm-ad_q1_q2_s1"):
+        assert names.index(f"train_{tag}") < names.index(f"eval_{tag}")  # in order within a lane
+    ran.clear()
+    with pytest.raises(UserError, match="eval_vad_s1"):  # only the failed step runs again
+        run_steps(cfg)
+    assert [n for n, _ in ran] == ["infos", "annotate", "eval_vad_s1"]
+
+
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(UserError, match="unknown preset"):
         resolve("nope", None, [], None)
     with pytest.raises(UserError, match="distinct seeds"):
         run_steps(ExperimentConfig(out=str(tmp_path / "x"), seeds=(0, 0)))
+    with pytest.raises(UserError, match="jobs must be >= 1"):
+        run_steps(ExperimentConfig(out=str(tmp_path / "x"), jobs=0))
     with pytest.raises(UserError, match="unknown field"):
         resolve("main", None, ["train.stepz=3"], None)
     with pytest.raises(UserError, match="does not exist"):
