@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,14 +70,25 @@ def test_sigint_kill_and_resume(dataset, tmp_path, monkeypatch):
     store = tmp_path / "kill.sqlite"
     args = [sys.executable, "-m", "scripts.annotate", "--dataroot", str(root), "--version", "v1.0-mini",
             "--teacher", "openai", "--store", str(store), "-j", "2", "--no-progress"]
-    with FakeVLMServer(delay_s=0.15) as srv:
+    # Requests after the 6th are held until the SIGINT is sent, so the run cannot finish before it
+    # (a fixed server delay raced the signal on a loaded CI machine: the run once ended first, exit 0).
+    gate = threading.Event()
+
+    def gated(body: dict) -> str:
+        if srv.count() > 6:
+            gate.wait(30)
+        return default_answer(body)
+
+    with FakeVLMServer(delay_s=0.05, answer_fn=gated) as srv:
         env = {**os.environ, "OPENAI_API_KEY": KEY}
         proc = subprocess.Popen(args + ["--base-url", srv.base_url], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.time() + 60
-        while srv.count() < 6 and time.time() < deadline and proc.poll() is None:
+        while srv.count() < 7 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)  # the signal lands while requests are held in flight
+        gate.set()
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err.decode()[-2000:]
         first = srv.count()
