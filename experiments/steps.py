@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from experiments.config import ExperimentConfig
+from nusc.infos import default_cache_path
 from vlmad.config import save_resolved
 from vlmad.errors import UserError
 
@@ -76,9 +77,10 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
             "scripts.collect", "--town", col.town, "--drives", str(col.drives), "--frames", str(col.frames),
             "--seed", str(col.seed), "--image-size", col.image_size, "--version", version, "--out", str(root),
             *[f"--set={o}" for o in col.world_overrides]]))
-    steps.append(Step("infos", out / f"infos_{version}.json", [
-        "scripts.build_infos", "--dataroot", str(root), "--version", version,
-        "--out", str(out / f"infos_{version}.json")], always=True))
+    # the index goes to the dataset's default cache, the one every later step (annotate, train, eval)
+    # reads: written elsewhere, each of them rebuilt it (3 min on the protocol's 2,400 keyframes)
+    steps.append(Step("infos", default_cache_path(root, version), [
+        "scripts.build_infos", "--dataroot", str(root), "--version", version], always=True))
     needs_teacher = any("--vlm-ad" in a for a in cfg.variants.values())
     if needs_teacher:
         # the store is resumable by itself: the step always runs and sends nothing for answered frames

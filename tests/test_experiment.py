@@ -18,6 +18,7 @@ import pytest
 from experiments.config import PRESETS, ClosedLoopSpec, ExperimentConfig
 from experiments.steps import build_steps, run_dir, run_steps, slug
 from experiments.summary import collect_results, paired_ci, render_markdown, write_summary
+from nusc.infos import default_cache_path
 from scripts.experiment import main as experiment_main
 from scripts.experiment import resolve
 from vlmad.errors import UserError
@@ -68,6 +69,10 @@ def test_steps_cover_every_variant_and_seed_in_order(tmp_path):
     route_args = [s.argv[s.argv.index("--town"):s.argv.index("--out")] for s in steps
                   if s.name.startswith("drive")]
     assert len(route_args) == 5 and all(a == route_args[0] for a in route_args)
+    # the index is written where every later step reads it (a separate file made each of them rebuild it)
+    root = Path(by["train_vad_s0"].argv[by["train_vad_s0"].argv.index("--dataroot") + 1])
+    assert by["infos"].output == default_cache_path(root, "v1.0-mini")
+    assert "--out" not in by["infos"].argv
 
 
 def test_no_teacher_steps_without_a_vlmad_variant(tmp_path):
