@@ -89,10 +89,18 @@ def motion_from_poses(
 
 def resample_line(coords: np.ndarray, n: int = MAP_POINTS) -> np.ndarray:
     """(n, 2) points spaced uniformly along a polyline (both ends kept; a closed ring stays closed)."""
-    line = LineString(coords)
-    return np.asarray(
-        shapely.get_coordinates(shapely.line_interpolate_point(line, np.linspace(0.0, line.length, n)))
-    )[:, :2]
+    return resample_lines([LineString(coords)], n)[0]
+
+
+def resample_lines(lines: list[LineString], n: int = MAP_POINTS) -> np.ndarray:
+    """(len(lines), n, 2): `resample_line` of each line, in one vectorised shapely call per step (a
+    sample has hundreds of map pieces; one call per piece made the index build mostly call overhead)."""
+    if not lines:
+        return np.zeros((0, n, 2))
+    arr = np.asarray(lines, dtype=object)
+    dist = np.linspace(0.0, shapely.length(arr), n, axis=-1)  # (k, n), the same arithmetic as per line
+    pts = shapely.line_interpolate_point(arr[:, None], dist)
+    return shapely.get_coordinates(pts.ravel()).reshape(len(lines), n, 2)
 
 
 def _pieces(geom) -> list[LineString]:
@@ -166,29 +174,26 @@ class MapIndex:
         world_patch = Polygon(corners)
         ego_from_world = invert_transform(world_from_ego)
 
-        def local(geoms: list, kind: str) -> list:
+        def local(kind: str) -> list:
+            """The layer's geometries near the patch, in the ego frame, clipped to it (vectorised)."""
             tree = self.trees[kind]
             if tree is None:
                 return []
-            idx = tree.query(world_patch)
-            out = []
-            for i in sorted(idx):
-                g = shapely.transform(geoms[i], lambda xy: transform_points(ego_from_world, xy))
-                g = g.intersection(patch)
-                if not g.is_empty:
-                    out.append(g)
-            return out
+            idx = np.sort(tree.query(world_patch))
+            if len(idx) == 0:
+                return []
+            g = shapely.transform(tree.geometries[idx], lambda xy: transform_points(ego_from_world, xy))
+            g = shapely.intersection(g, patch)
+            return list(g[~shapely.is_empty(g)])
 
         vecs: list[dict] = []
-        for g in local(self.dividers, "divider"):
-            vecs += [
-                {"cls": 0, "pts": resample_line(np.asarray(p.coords))} for p in _pieces(g) if p.length > 1e-3
-            ]
-        crossings = [p for g in local(self.crossings, "ped_crossing") for p in _polygons(g)]
+        pieces = [p for g in local("divider") for p in _pieces(g) if p.length > 1e-3]
+        vecs += [{"cls": 0, "pts": pts} for pts in resample_lines(pieces)]
+        crossings = [p for g in local("ped_crossing") for p in _polygons(g)]
         for poly in _polygons(unary_union(crossings)) if crossings else []:
             ring = np.asarray(orient(poly, sign=-1.0).exterior.coords)
             vecs.append({"cls": 1, "pts": resample_line(ring)})
-        roads = [p for g in local(self.roads, "boundary") for p in _polygons(g)]
+        roads = [p for g in local("boundary") for p in _polygons(g)]
         for poly in _polygons(unary_union(roads)) if roads else []:
             poly = orient(poly, sign=-1.0)  # exterior clockwise, holes counter-clockwise (VAD's convention)
             for ring in [poly.exterior, *poly.interiors]:

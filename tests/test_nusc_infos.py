@@ -143,3 +143,24 @@ def test_synthetic_scenes_can_carry_official_split_names(tmp_path):
     assert not any(r["can_bus_derived"] for r in recs)  # the CAN bus files follow the scene names
     with pytest.raises(ValueError, match="2 names for 3 scenes"):
         make_synthetic_dataset(tmp_path / "n", num_scenes=3, scene_names=["scene-0061", "scene-0103"])
+
+
+
+def test_resampled_map_vectors_are_uniform_and_batched_equals_one_by_one():
+    """Map pieces are resampled in one vectorised call; each must equal its own resampling, points evenly
+    spaced along the line with both ends kept (a closed ring stays closed)."""
+    from shapely.geometry import LineString, Point
+
+    from nusc.records import MAP_POINTS, resample_line, resample_lines
+
+    rng = np.random.default_rng(0)
+    lines = [LineString(np.cumsum(rng.normal(size=(k, 2)), axis=0)) for k in (2, 3, 7, 30)]
+    lines.append(LineString([(0, 0), (4, 0), (4, 3), (0, 0)]))  # closed ring, perimeter 12
+    batched = resample_lines(lines)
+    assert batched.shape == (len(lines), MAP_POINTS, 2)
+    for line, pts in zip(lines, batched, strict=True):
+        assert np.array_equal(pts, resample_line(np.asarray(line.coords)))
+        assert np.allclose(pts[[0, -1]], np.asarray(line.coords)[[0, -1]])
+        along = [line.project(Point(p)) for p in pts[:-1]]  # (a ring's end projects onto its start)
+        assert np.allclose(np.diff(along), line.length / (MAP_POINTS - 1), atol=1e-9)
+    assert resample_lines([]).shape == (0, MAP_POINTS, 2)
