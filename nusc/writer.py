@@ -163,6 +163,10 @@ class _MapBuilder:
             )
         }
         self.max_xy = np.zeros(2)
+        # (class, points) already written: every drive of a town carries the whole town's map, and a
+        # location's map holds each element once (with 60 drives each divider was written 60 times: 360
+        # map vectors per sample where the patch holds 6, and a 360 MB index)
+        self._seen: set[tuple[str, bytes]] = set()
 
     def _nodes(self, key: str, pts: np.ndarray) -> list[str]:
         tokens = []
@@ -174,7 +178,11 @@ class _MapBuilder:
         return tokens
 
     def add(self, key: str, cls: str, pts: np.ndarray) -> None:
+        """Add one map element (a repeat of an element already added, same class and points, is skipped)."""
         pts = np.asarray(pts, dtype=np.float64)
+        if (cls, pts.tobytes()) in self._seen:
+            return
+        self._seen.add((cls, pts.tobytes()))
         if cls == "divider":
             line_tok = _token(self.name, key, "line")
             self.layers["line"].append({"token": line_tok, "node_tokens": self._nodes(key, pts)})

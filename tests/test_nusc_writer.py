@@ -264,3 +264,25 @@ def test_agent_box_world_to_ego_convention():
     )
     eb = ego_frame_boxes(pose, [b])[0]
     assert np.allclose(eb, [10.0, 0.0, 0.8, 4.5, 1.9, 1.6, 0.0], atol=1e-9)
+
+
+def test_a_town_map_shared_by_many_drives_is_written_once(tmp_path):
+    """Every drive of a town carries the whole town's map; the location's map expansion must hold each
+    element once, so that a sample's map vectors do not repeat (they repeated once per drive)."""
+    import dataclasses
+    import json
+
+    rng = np.random.default_rng(5)
+    d0, d1, d2 = (make_drive(i, 4, SIZE, rng) for i in range(3))
+    extra = ("divider", np.array([[0.0, 50.0], [30.0, 50.0]]))  # one element only drive 2 has
+    d1 = dataclasses.replace(d1, location=d0.location, map_polylines=list(d0.map_polylines))
+    d2 = dataclasses.replace(d2, location=d0.location, map_polylines=[*d0.map_polylines, extra])
+    root = write_nuscenes(tmp_path / "ds", "v1.0-mini", [d0, d1, d2])
+    (exp,) = (root / "maps" / "expansion").glob("*.json")
+    layers = json.loads(exp.read_text())
+    n_div = sum(cls == "divider" for cls, _ in d0.map_polylines)
+    n_poly = sum(cls != "divider" for cls, _ in d0.map_polylines)
+    assert len(layers["lane_divider"]) == n_div + 1 and len(layers["polygon"]) == n_poly
+    for rec in build_infos(root, "v1.0-mini", progress=False):
+        pts = [m["pts"].round(3).tobytes() for m in rec["map"]]
+        assert len(pts) == len(set(pts)), rec["scene_name"]
