@@ -56,6 +56,11 @@ class TrainConfig:
     # world's red lights: about half its keyframes) teaches "standing stays standing"; a lower share
     # rebalances it. The kept ones are drawn with the run's seed (docs/experiments.md).
     standing_keep: float = 1.0
+    # Visits per pass of each "restart" keyframe (ego below 0.5 m/s now, 1 m or more away within its 3 s
+    # future: pulling away; training.data.restart_samples). 1 = once, as VAD. Where the expert pulls away
+    # on the tick its light turns green, a 2 Hz keyframe rarely catches the moment (1-3 % of the offline
+    # world's samples), so a planner learns to stop but not to go again (docs/experiments.md).
+    restart_repeat: int = 1
     num_workers: int = 4  # DataLoader worker processes per training process (0 = load in the main process)
     # ---- optimisation -------------------------------------------------------------------------------
     batch_size: int = 1  # samples per process and micro-step (VAD: 1 per GPU)
@@ -97,6 +102,8 @@ class TrainConfig:
             raise UserError("training config: " + "; ".join(problems))
         if not 0.0 <= self.standing_keep <= 1.0:
             problems.append(f"standing_keep must be in [0, 1], got {self.standing_keep}")
+        if self.restart_repeat < 1:
+            problems.append(f"restart_repeat must be >= 1, got {self.restart_repeat}")
         if self.carla_inputs not in CARLA_INPUTS:
             problems.append(f"carla_inputs {self.carla_inputs!r} not in {CARLA_INPUTS}")
         if self.split not in SPLITS:
@@ -128,8 +135,8 @@ class TrainConfig:
 # Fields that change what a run computes. Resuming with a different value would not continue the same run.
 # (dataroot and features are paths: a dataset or feature store moved to another disk may be resumed from.)
 TRAJECTORY_FIELDS = ("model", "model_overrides", "carla_inputs", "init_from", "vlm_ad", "version",
-                     "split",
-                     "val_fraction", "standing_keep", "lr", "backbone_lr_mult", "weight_decay",
+                     "split", "val_fraction", "standing_keep", "restart_repeat", "lr", "backbone_lr_mult",
+                     "weight_decay",
                      "grad_clip", "warmup_iters", "warmup_ratio", "warmup_max_fraction", "min_lr_ratio",
                      "precision", "seed")
 

@@ -74,15 +74,32 @@ def standing_samples(infos: list[dict]) -> np.ndarray:
     return out
 
 
-def kept_samples(infos: list[dict], standing_keep: float, seed: int) -> list[int]:
-    """Indices of the training samples a run visits: all moving ones, and a seeded `standing_keep` share
-    of the standing ones (the dataset keeps every record, so queues still see their predecessors)."""
+def restart_samples(infos: list[dict]) -> np.ndarray:
+    """(N,) bool: records whose ego stands (speed < 0.5 m/s) and pulls away (a valid future point >= 1 m)."""
+    out = np.zeros(len(infos), bool)
+    for i, r in enumerate(infos):
+        fut, mask = np.asarray(r["ego_fut"], float), np.asarray(r["ego_fut_mask"], bool)
+        leaves = bool(mask.any()) and float(np.linalg.norm(fut[mask], axis=-1).max()) >= STANDING_TRAVEL_M
+        out[i] = float(r.get("ego_speed", 0.0)) < STANDING_SPEED_MPS and leaves
+    return out
+
+
+def kept_samples(infos: list[dict], standing_keep: float, seed: int, restart_repeat: int = 1) -> list[int]:
+    """Indices of the training samples a run visits in one pass: all moving ones, a seeded `standing_keep`
+    share of the standing ones (the dataset keeps every record, so queues still see their predecessors),
+    and each restart sample `restart_repeat` times (repeats follow their original, the order is shuffled
+    by the sampler)."""
     standing = standing_samples(infos)
+    restart = restart_samples(infos) if restart_repeat > 1 else np.zeros(len(infos), bool)
     idx = np.nonzero(standing)[0]
     n_keep = int(round(standing_keep * len(idx)))
     rng = np.random.default_rng(seed)
     keep = set(rng.choice(idx, size=n_keep, replace=False).tolist()) if n_keep else set()
-    return [i for i in range(len(infos)) if not standing[i] or i in keep]
+    out = []
+    for i in range(len(infos)):
+        if not standing[i] or i in keep:
+            out += [i] * (restart_repeat if restart[i] else 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------

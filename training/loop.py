@@ -47,6 +47,7 @@ from training.data import (
     kept_samples,
     load_feature_store,
     rank_batches,
+    restart_samples,
     split_scenes,
     standing_samples,
     to_device,
@@ -198,11 +199,15 @@ class _Trainer:
             self.log(f"note: {n}")
         self.dataset = NuScenesVADDataset(self.train_infos, cfg.dataroot,
                                           dataset_config(self.model_cfg, self.train_infos))
-        self.sample_ids = kept_samples(self.train_infos, cfg.standing_keep, cfg.seed)
+        self.sample_ids = kept_samples(self.train_infos, cfg.standing_keep, cfg.seed, cfg.restart_repeat)
         if cfg.standing_keep < 1.0:
             n_stand = int(standing_samples(self.train_infos).sum())
-            self.log(f"note: standing_keep {cfg.standing_keep}: {len(self.sample_ids)} of "
+            self.log(f"note: standing_keep {cfg.standing_keep}: {len(set(self.sample_ids))} of "
                      f"{len(self.train_infos)} training samples visited ({n_stand} standing)")
+        if cfg.restart_repeat > 1:
+            n_restart = int(restart_samples(self.train_infos).sum())
+            self.log(f"note: restart_repeat {cfg.restart_repeat}: {n_restart} restart samples, each visited "
+                     f"{cfg.restart_repeat} times per pass ({len(self.sample_ids)} visits per pass)")
         self.global_batch = cfg.batch_size * d.world * cfg.grad_accum
         self.steps_per_epoch = len(self.sample_ids) // self.global_batch
         if self.steps_per_epoch == 0:
