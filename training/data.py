@@ -64,24 +64,23 @@ STANDING_SPEED_MPS = 0.5  # below this the ego counts as standing
 STANDING_TRAVEL_M = 1.0  # ... when its whole future also stays within this distance
 
 
+def _slow_and_travel(r: dict) -> tuple[bool, float | None]:
+    """(ego below STANDING_SPEED_MPS, farthest valid future point in m or None when none is valid)."""
+    fut, mask = np.asarray(r["ego_fut"], float), np.asarray(r["ego_fut_mask"], bool)
+    travel = float(np.linalg.norm(fut[mask], axis=-1).max()) if mask.any() else None
+    return float(r.get("ego_speed", 0.0)) < STANDING_SPEED_MPS, travel
+
+
 def standing_samples(infos: list[dict]) -> np.ndarray:
     """(N,) bool: records whose ego stands (speed < 0.5 m/s) and stays (every valid future point < 1 m)."""
-    out = np.zeros(len(infos), bool)
-    for i, r in enumerate(infos):
-        fut, mask = np.asarray(r["ego_fut"], float), np.asarray(r["ego_fut_mask"], bool)
-        stays = bool(mask.any()) and float(np.linalg.norm(fut[mask], axis=-1).max()) < STANDING_TRAVEL_M
-        out[i] = float(r.get("ego_speed", 0.0)) < STANDING_SPEED_MPS and stays
-    return out
+    flags = [_slow_and_travel(r) for r in infos]
+    return np.array([slow and t is not None and t < STANDING_TRAVEL_M for slow, t in flags], bool)
 
 
 def restart_samples(infos: list[dict]) -> np.ndarray:
     """(N,) bool: records whose ego stands (speed < 0.5 m/s) and pulls away (a valid future point >= 1 m)."""
-    out = np.zeros(len(infos), bool)
-    for i, r in enumerate(infos):
-        fut, mask = np.asarray(r["ego_fut"], float), np.asarray(r["ego_fut_mask"], bool)
-        leaves = bool(mask.any()) and float(np.linalg.norm(fut[mask], axis=-1).max()) >= STANDING_TRAVEL_M
-        out[i] = float(r.get("ego_speed", 0.0)) < STANDING_SPEED_MPS and leaves
-    return out
+    flags = [_slow_and_travel(r) for r in infos]
+    return np.array([slow and t is not None and t >= STANDING_TRAVEL_M for slow, t in flags], bool)
 
 
 def kept_samples(infos: list[dict], standing_keep: float, seed: int, restart_repeat: int = 1) -> list[int]:
