@@ -164,8 +164,8 @@ class _MapBuilder:
         }
         self.max_xy = np.zeros(2)
         # (class, points) already written: every drive of a town carries the whole town's map, and a
-        # location's map holds each element once (with 60 drives each divider was written 60 times: 360
-        # map vectors per sample where the patch holds 6, and a 360 MB index)
+        # location's map holds each element once (with 60 drives each divider was written 60 times: 349
+        # map vectors per sample where the patch holds 8, and a 360 MB index)
         self._seen: set[tuple[str, bytes]] = set()
 
     def _nodes(self, key: str, pts: np.ndarray) -> list[str]:
