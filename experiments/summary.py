@@ -114,16 +114,22 @@ def collect_results(cfg: ExperimentConfig) -> dict[str, Any]:
             "aggregate": agg, "paired_vs_baseline": paired, "expert": expert, "vlmad_checks": checks}
 
 
-def _cell(a: dict[str, Any] | None, nd: int) -> str:
+def _cell(a: dict[str, Any] | None, nd: int, n_seeds: int = 0) -> str:
+    """'mean ± std'; '-' for no run; ' (n=k)' when only k of the experiment's n_seeds runs are finished."""
     if a is None:
         return "-"
-    return f"{a['mean']:.{nd}f}" + ("" if a["std"] is None else f" ± {a['std']:.{nd}f}")
+    partial = f" (n={a['n']})" if a["n"] < n_seeds else ""
+    return f"{a['mean']:.{nd}f}" + ("" if a["std"] is None else f" ± {a['std']:.{nd}f}") + partial
 
 
 def render_markdown(res: dict[str, Any], labels: str) -> str:
     """The experiment's tables as markdown; `labels` says what produced the numbers (data, teacher, model)."""
     seeds, agg = res["seeds"], res["aggregate"]
     n = len(seeds)
+
+    def cell(a: dict[str, Any] | None, nd: int) -> str:
+        return _cell(a, nd, n)
+
     spread = "mean ± std over" if n >= 2 else "one seed, no spread:"
     L = [f"# {res['name']}", "", labels, "",
          f"{spread} {n} seed{'s' if n != 1 else ''} ({', '.join(map(str, seeds))}).", ""]
@@ -132,8 +138,8 @@ def render_markdown(res: dict[str, Any], labels: str) -> str:
               "| Method | L2 1s | L2 2s | L2 3s | L2 avg | Col. 1s | Col. 2s | Col. 3s | Col. avg |",
               "|---|---|---|---|---|---|---|---|---|"]
         for v, a in agg.items():
-            cells = [_cell(a.get(f"{conv}.l2.{h}"), 2) for h in HORIZONS]
-            cells += [_cell(a.get(f"{conv}.collision.{h}"), 2) for h in HORIZONS]
+            cells = [cell(a.get(f"{conv}.l2.{h}"), 2) for h in HORIZONS]
+            cells += [cell(a.get(f"{conv}.collision.{h}"), 2) for h in HORIZONS]
             L.append(f"| {v} | " + " | ".join(cells) + " |")
         L.append("")
     samples = {int(a["num_samples"]["mean"]) for a in agg.values() if "num_samples" in a}
@@ -150,10 +156,10 @@ def render_markdown(res: dict[str, Any], labels: str) -> str:
                      "| | | |")
         for v, a in agg.items():
             if "driving_score" in a:
-                L.append(f"| {v} | {_cell(a['driving_score'], 1)} | {_cell(a['route_completion'], 1)} | "
-                         f"{_cell(a.get('infractions_per_km'), 1)} | {_cell(a.get('km_driven'), 2)} | "
-                         f"{_cell(a.get('false_stop_pct'), 1)} | {_cell(a.get('missed_stop_pct'), 1)} | "
-                         f"{_cell(a.get('stuck_episodes'), 1)} |")
+                L.append(f"| {v} | {cell(a['driving_score'], 1)} | {cell(a['route_completion'], 1)} | "
+                         f"{cell(a.get('infractions_per_km'), 1)} | {cell(a.get('km_driven'), 2)} | "
+                         f"{cell(a.get('false_stop_pct'), 1)} | {cell(a.get('missed_stop_pct'), 1)} | "
+                         f"{cell(a.get('stuck_episodes'), 1)} |")
         L += ["", "false stop / missed stop: share of ticks the agent stands where the riding-along expert "
               "would drive / drives on where it would stop; stuck: false stops of 10 s or more "
               "(world/ride_along.py).", ""]
@@ -169,7 +175,8 @@ def render_markdown(res: dict[str, Any], labels: str) -> str:
                 elif d["ci95"][0] is None:
                     cells.append(f"{d['mean']:+.2f} [n=1]")
                 else:
-                    cells.append(f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]")
+                    cells.append(f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+                                 + (f" (n={d['n']})" if d["n"] < n else ""))
             L.append(f"| {v} | " + " | ".join(cells) + " |")
         L += ["", "A difference whose interval contains 0 is not distinguishable from seed noise here.",
               ""]

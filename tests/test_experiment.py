@@ -148,6 +148,13 @@ def test_missing_runs_show_as_dashes_not_zeros(tmp_path):
     assert res["aggregate"]["VAD"]["vad.l2.avg"]["n"] == 1
     md = render_markdown(res, "")
     assert "| VAD + VLM-AD (Q1+Q2) | - | - |" in md
+    # a mean over fewer runs than the experiment's seeds says how many it has
+    vad_row = next(line for line in md.splitlines() if line.startswith("| VAD | "))
+    assert "0.50 (n=1)" in vad_row
+    _write_run(run_dir(cfg, "VAD", 1), 0.7, 1.0, 20.0, 40.0)
+    vad_row = next(line for line in render_markdown(collect_results(cfg), "").splitlines()
+                   if line.startswith("| VAD | "))
+    assert "0.60 ± 0.14 |" in vad_row and "(n=" not in vad_row
 
 
 def test_parallel_lanes_run_at_once_after_the_data_and_report_every_failure(tmp_path, monkeypatch):
