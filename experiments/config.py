@@ -25,9 +25,10 @@ OFFLINE_WORLD_TRAIN = ("--model-set", "use_ego_his=false", "--set", "standing_ke
 
 # Learning rates of the CPU protocol. VAD's recipe (lr 2e-4, image backbone x 0.1, ResNet stem frozen) is
 # for an ImageNet-pretrained backbone; here every backbone starts random (no weights can be downloaded),
-# and with it the protocol's agents never pulled away (RC 0 on the first 2 of 2 routes, 2026-12-03) and
-# the light branch stays at the class prior. lr 1e-3 for every parameter, nothing frozen, 2,000 steps is
-# the best measured setting (docs/experiments.md, "What limits it now": DS 20.2 against 15.9, one seed).
+# and with it the protocol's agents never pulled away (RC 0 on the first 2 of 2 routes, 2026-12-03, data
+# from before the map fix of nusc/writer.py) and the light branch stays at the class prior. lr 1e-3 for
+# every parameter, nothing frozen, 2,000 steps is the best measured setting (docs/experiments.md, "What
+# limits it now": DS 20.2 against 15.9, one seed).
 OFFLINE_WORLD_LR = ("--set", "lr=1e-3", "--set", "backbone_lr_mult=1.0", "--model-set", "frozen_stages=-1")
 
 # The paper's Table 1 rows: plain VAD, Q1 only, Q2 only, Q1 + Q2 (the VLM-AD switches of models/vlm_ad.py)
