@@ -89,7 +89,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.vlm_ad:
         data["vlm_ad.enabled"] = True
     if args.model_set:
-        data["model_overrides"] = list(cfg.model_overrides) + list(args.model_set)
+        # a flag already in the base config adds nothing: `--resume` with the run's own flags repeated (as
+        # scripts.experiment resumes) must keep the saved list, or the resume check refuses the run
+        extra = [o for o in args.model_set if o not in cfg.model_overrides]
+        data["model_overrides"] = list(cfg.model_overrides) + extra
     if args.quiet:
         data["progress"] = False
     # flags go through the same override path as --set (so YAML typing and validation are identical)

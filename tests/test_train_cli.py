@@ -48,6 +48,20 @@ def test_config_precedence_file_then_flags_then_set(tmp_path, root):
     assert resolve_model_config(cfg)[0].dropout == 0.0
 
 
+def test_resume_with_the_runs_own_model_flags_keeps_its_overrides(tmp_path, root):
+    """scripts.experiment resumes an interrupted training with its original flags plus --resume: repeated
+    --model-set flags must not be appended to the saved list again (the resume check then refused)."""
+    from vlmad.config import save_resolved
+
+    flags = ["--model-set", "use_ego_his=false", "--model-set", "frozen_stages=-1"]
+    first = resolve_config(args(root, tmp_path / "r", *flags))
+    save_resolved(first, tmp_path / "r", "config.yaml")
+    again = resolve_config(args(root, tmp_path / "r", *flags, "--resume"))
+    assert again.model_overrides == first.model_overrides == ["use_ego_his=false", "frozen_stages=-1"]
+    changed = resolve_config(args(root, tmp_path / "r", "--model-set", "frozen_stages=1", "--resume"))
+    assert changed.model_overrides == ["use_ego_his=false", "frozen_stages=-1", "frozen_stages=1"]
+
+
 def test_config_errors_are_user_errors(tmp_path, root):
     with pytest.raises(UserError, match="unknown field"):
         load_train_config(overrides=["learning_rate=1"])
