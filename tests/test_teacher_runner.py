@@ -81,8 +81,12 @@ def test_sigint_kill_and_resume(dataset, tmp_path, monkeypatch):
 
     with FakeVLMServer(delay_s=0.05, answer_fn=gated) as srv:
         env = {**os.environ, "OPENAI_API_KEY": KEY}
+        # A shell runs background jobs (`pytest ... &`, nohup, some CI runners) with SIGINT ignored, and
+        # a Python child keeps an inherited SIG_IGN: Ctrl-C would never reach it and the run would end
+        # normally (exit 0). Restore the terminal's default so the child gets KeyboardInterrupt.
         proc = subprocess.Popen(args + ["--base-url", srv.base_url], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.time() + 60
         while srv.count() < 7 and time.time() < deadline and proc.poll() is None:
             time.sleep(0.02)
