@@ -61,12 +61,13 @@ def get_entry_point():
 
 def _connect_retrying(address, timeout, window):
     """Connect, retrying a refused connection for `window` s (a driving server being restarted by the
-    launcher takes a moment); with no server at all this still fails after `window` s."""
-    deadline = time.monotonic() + timeout
-    retry_until = time.monotonic() + min(timeout, window)
+    launcher takes a moment), each attempt bounded by `timeout`; with no server at all this still fails
+    after `window` s. (The window is not capped by `timeout`: the launcher asks for 30 s to cover a
+    restart, longer than one connect may take.)"""
+    retry_until = time.monotonic() + window
     while True:
         try:
-            return P.connect(address, max(0.1, deadline - time.monotonic()))
+            return P.connect(address, timeout)
         except P.PeerGone:
             if time.monotonic() + 0.2 >= retry_until:
                 raise
@@ -261,17 +262,32 @@ class BridgeAgent(_Base):
         self._close()
         raise BridgeAgentError(msg)
 
+    def _connect_and_hello(self, address):
+        """Connect and exchange the hello; the server's reply. A connection closed before the reply is
+        retried like a refused one, within `reconnect_window`: a server that is being killed can still
+        accept into its backlog and then reset the connection as it goes (seen on a loaded machine,
+        right after the launcher noticed the death and before the fresh server listens)."""
+        hello = {"op": "hello", "protocol": P.PROTOCOL_VERSION, "project_version": P.PROJECT_VERSION,
+                 "peer": {"python": sys.version.split()[0], "numpy": np.__version__, "pid": os.getpid(),
+                          "carla": getattr(carla, "__file__", None) if carla is not None else None}}
+        timeout = self.config["connect_timeout"]
+        retry_until = time.monotonic() + self.config["reconnect_window"]
+        while True:
+            self._sock = _connect_retrying(address, timeout, max(0.0, retry_until - time.monotonic()))
+            try:
+                return self._request(hello, timeout)
+            except P.PeerGone:
+                self._close()
+                if time.monotonic() + 0.2 >= retry_until:
+                    raise
+                time.sleep(0.2)
+
     # ---- leaderboard API ---------------------------------------------------------------------------
     def setup(self, path_to_conf_file):
         self.config = read_client_config(path_to_conf_file)
         address = self.config["address"]
         try:
-            self._sock = _connect_retrying(address, self.config["connect_timeout"],
-                                           self.config["reconnect_window"])
-            hello = {"op": "hello", "protocol": P.PROTOCOL_VERSION, "project_version": P.PROJECT_VERSION,
-                     "peer": {"python": sys.version.split()[0], "numpy": np.__version__, "pid": os.getpid(),
-                              "carla": getattr(carla, "__file__", None) if carla is not None else None}}
-            reply = self._request(hello, self.config["connect_timeout"])
+            reply = self._connect_and_hello(address)
         except P.BridgeError as e:
             self._fail("driving server at {} not reachable: {}. Start it with `python -m "
                        "carla_eval.bridge.server --listen {} --agent AGENT` "

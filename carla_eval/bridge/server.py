@@ -224,11 +224,11 @@ class BridgeServer:
                 P.send_message(conn, reply, REPLY_TIMEOUT)
         except P.PeerGone:
             if agent is not None:
-                self.log(f"route {n}: the 3.7 side left without destroy")
+                self.log(f"connection {n}: the 3.7 side left without destroy")
         except P.BridgeTimeout:
-            self.log(f"route {n}: no request for {self.idle_timeout:g} s; dropping the agent")
+            self.log(f"connection {n}: no request for {self.idle_timeout:g} s; dropping the agent")
         except P.ProtocolError as e:
-            self.log(f"route {n}: protocol error: {e}")
+            self.log(f"connection {n}: protocol error: {e}")
         finally:
             if agent is not None:
                 self._destroy(agent, n)
@@ -240,7 +240,7 @@ class BridgeServer:
         try:
             region = P.SharedRegion(str(msg["path"]), int(msg["size"]), create=False)
         except (P.BridgeError, OSError, KeyError, ValueError) as e:
-            self.log(f"route {n}: shared memory refused: {e}")
+            self.log(f"connection {n}: shared memory refused: {e}")
             return None, {"ok": False, "error": f"cannot map {msg.get('path')!r}: {e}"}
         region.unlink()  # mapped on both sides now: the memory goes away with the last mapping
         return region, {"ok": True}
@@ -269,11 +269,11 @@ class BridgeServer:
             sensors = [dict(s) for s in agent.sensors()]
             sizes = image_sizes(agent, sensors)
         except Exception as e:  # noqa: BLE001 - reported to the 3.7 side, which fails the route
-            self.log(f"route {n}: agent setup failed:\n{traceback.format_exc()}")
+            self.log(f"connection {n}: agent setup failed:\n{traceback.format_exc()}")
             return None, _error(e, f"{self.agent_cls.__name__} setup({config!r})")
         track = getattr(agent, "track", "SENSORS")
         track = str(getattr(track, "value", track))
-        self.log(f"route {n}: agent ready in {time.perf_counter() - t0:.1f} s ({config}); images "
+        self.log(f"connection {n}: agent ready in {time.perf_counter() - t0:.1f} s ({config}); images "
                  f"{ {k: f'{w}x{h}' for k, (w, h) in sizes.items()} }")
         return agent, {"ok": True, "sensors": sensors, "images": sizes, "resize": self.resize, "track": track,
                        "shm": P.shm_available()}
@@ -305,8 +305,8 @@ class BridgeServer:
         try:
             agent.destroy()
         except Exception:  # noqa: BLE001 - a failing destroy must not take the server down
-            self.log(f"route {n}: destroy failed:\n{traceback.format_exc()}")
-        self.log(f"route {n}: agent destroyed")
+            self.log(f"connection {n}: destroy failed:\n{traceback.format_exc()}")
+        self.log(f"connection {n}: agent destroyed")
 
 
 # ----------------------------------------------------------------------------------------------------
