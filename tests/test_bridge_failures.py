@@ -118,7 +118,6 @@ def test_restarting_server_is_waited_for_the_whole_reconnect_window(tmp_path: Pa
         agent = client(tmp_path, address, probe_cfg, connect_timeout=0.5, reconnect_window=6.0)
         assert time.monotonic() - t0 >= 1.0  # it waited past the 0.5 s connect timeout
         assert agent.server_info["peer"]["pid"] == os.getpid()  # the in-thread real server answered
-        assert tick(agent, 0).brake in (0.0, 1.0)  # and drives
         agent.destroy()
     finally:
         t.join(10)

@@ -59,21 +59,6 @@ def get_entry_point():
     return "BridgeAgent"
 
 
-def _connect_retrying(address, timeout, window):
-    """Connect, retrying a refused connection for `window` s (a driving server being restarted by the
-    launcher takes a moment), each attempt bounded by `timeout`; with no server at all this still fails
-    after `window` s. (The window is not capped by `timeout`: the launcher asks for 30 s to cover a
-    restart, longer than one connect may take.)"""
-    retry_until = time.monotonic() + window
-    while True:
-        try:
-            return P.connect(address, timeout)
-        except P.PeerGone:
-            if time.monotonic() + 0.2 >= retry_until:
-                raise
-            time.sleep(0.2)
-
-
 class BridgeAgentError(_AgentErrorBase, P.BridgeError):
     """The bridge failed; the leaderboard records the route as failed with this message."""
 
@@ -263,18 +248,19 @@ class BridgeAgent(_Base):
         raise BridgeAgentError(msg)
 
     def _connect_and_hello(self, address):
-        """Connect and exchange the hello; the server's reply. A connection closed before the reply is
-        retried like a refused one, within `reconnect_window`: a server that is being killed can still
-        accept into its backlog and then reset the connection as it goes (seen on a loaded machine,
-        right after the launcher noticed the death and before the fresh server listens)."""
+        """Connect and exchange the hello; the server's reply. A refused connection, or one closed before
+        the reply, is retried for `reconnect_window` s, each attempt bounded by `connect_timeout`: the
+        launcher restarts a dead driving server (it asks for 30 s), and a server that is being killed can
+        still accept into its backlog and then reset the connection as it goes (seen on a loaded machine).
+        With no server at all this fails after the window."""
         hello = {"op": "hello", "protocol": P.PROTOCOL_VERSION, "project_version": P.PROJECT_VERSION,
                  "peer": {"python": sys.version.split()[0], "numpy": np.__version__, "pid": os.getpid(),
                           "carla": getattr(carla, "__file__", None) if carla is not None else None}}
         timeout = self.config["connect_timeout"]
         retry_until = time.monotonic() + self.config["reconnect_window"]
         while True:
-            self._sock = _connect_retrying(address, timeout, max(0.0, retry_until - time.monotonic()))
             try:
+                self._sock = P.connect(address, timeout)
                 return self._request(hello, timeout)
             except P.PeerGone:
                 self._close()
