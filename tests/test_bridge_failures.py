@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,11 +80,11 @@ def test_no_server_at_setup_is_a_clear_agent_error_fast(tmp_path: Path, sock_dir
     assert isinstance(e.value, P.BridgeError)
 
 
-def _serve_later(address: str, delay_s: float | None,
-                 reset_first: bool = False) -> tuple[threading.Thread, list]:
-    """In a thread: after `delay_s`, a real driving server at `address` (None: none). With `reset_first`,
-    a listener that accepts one connection and closes it unanswered stands there first (a server being
-    killed)."""
+@contextlib.contextmanager
+def _served_later(address: str, delay_s: float | None, reset_first: bool = False) -> Iterator[None]:
+    """While inside: after `delay_s`, a real driving server at `address` (None: none), from a thread.
+    With `reset_first`, a listener that accepts one connection and closes it unanswered stands there
+    first (a server being killed)."""
     servers: list[BridgeServer] = []
 
     def run() -> None:
@@ -105,47 +106,41 @@ def _serve_later(address: str, delay_s: float | None,
 
     t = threading.Thread(target=run, daemon=True)
     t.start()
-    return t, servers
+    time.sleep(0.2)  # the resetting listener (if any) is up
+    try:
+        yield
+    finally:
+        t.join(10)
+        for srv in servers:
+            srv.close()
 
 
 def test_restarting_server_is_waited_for_the_whole_reconnect_window(tmp_path: Path, sock_dir: Path,
                                                                       probe_cfg: str) -> None:
     """The window is longer than one connect's timeout (the launcher's 30 s vs 10 s): it is not capped."""
     address = f"unix:{sock_dir}/late.sock"
-    t, servers = _serve_later(address, delay_s=1.5)
-    try:
+    with _served_later(address, delay_s=1.5):
         t0 = time.monotonic()
         agent = client(tmp_path, address, probe_cfg, connect_timeout=0.5, reconnect_window=6.0)
         assert time.monotonic() - t0 >= 1.0  # it waited past the 0.5 s connect timeout
         assert agent.server_info["peer"]["pid"] == os.getpid()  # the in-thread real server answered
         agent.destroy()
-    finally:
-        t.join(10)
-        for srv in servers:
-            srv.close()
 
 
 def test_connection_reset_before_the_hello_reply_is_retried(tmp_path: Path, sock_dir: Path,
                                                            probe_cfg: str) -> None:
     """A server being killed can accept and then reset; setup retries and reaches the fresh server."""
     address = f"unix:{sock_dir}/reset.sock"
-    t, servers = _serve_later(address, delay_s=0.3, reset_first=True)
-    time.sleep(0.2)  # the resetting listener is up
-    try:
+    with _served_later(address, delay_s=0.3, reset_first=True):
         agent = client(tmp_path, address, probe_cfg, reconnect_window=6.0)
         assert agent.server_info["peer"]["pid"] == os.getpid()  # the in-thread real server answered
         agent.destroy()
-    finally:
-        t.join(10)
-        for srv in servers:
-            srv.close()
-    t, _ = _serve_later(f"unix:{sock_dir}/gone.sock", delay_s=None, reset_first=True)
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    with pytest.raises(BridgeAgentError, match="not reachable"):  # nothing comes after the reset
-        client(tmp_path, f"unix:{sock_dir}/gone.sock", probe_cfg, reconnect_window=1.0)
-    assert time.monotonic() - t0 < 5.0  # within the window, not a hang
-    t.join(5)
+    gone = f"unix:{sock_dir}/gone.sock"
+    with _served_later(gone, delay_s=None, reset_first=True):
+        t0 = time.monotonic()
+        with pytest.raises(BridgeAgentError, match="not reachable"):  # nothing comes after the reset
+            client(tmp_path, gone, probe_cfg, reconnect_window=1.0)
+        assert time.monotonic() - t0 < 5.0  # within the window, not a hang
 
 
 def test_server_killed_mid_route_brakes_then_fails_the_route(sock_dir: Path, probe_cfg: str) -> None:
