@@ -62,8 +62,9 @@ CLIENT_CONFIG_DEFAULTS = {
     "address": "",  # required: where the driving server listens (unix:/path or tcp:127.0.0.1:PORT)
     "agent_config": "",  # handed to the server-side agent's setup(), e.g. the driving checkpoint folder
     "connect_timeout": 10.0,  # connecting + the version handshake
-    "reconnect_window": 3.0,  # seconds a refused connection at setup is retried (a driving server being
-    # restarted by the launcher takes a moment); small, so that no server at all still fails fast
+    "reconnect_window": 3.0,  # seconds a refused connection at setup, or one reset before the hello
+    # reply, is retried (a driving server being restarted by the launcher takes a moment; each attempt
+    # bounded by connect_timeout); small, so that no server at all still fails fast
     "setup_timeout": 300.0,  # the server builds the agent and loads the checkpoint (per route)
     "step_timeout": 30.0,  # one run_step round trip; beyond it the car brakes and the route is failed
     "destroy_timeout": 30.0,  # destroy() never waits longer than this
