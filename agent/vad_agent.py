@@ -122,6 +122,7 @@ class VADAgent(AutonomousAgent):
         self.route = None
         self._spawn_xy: np.ndarray | None = None
         self.tick = -1
+        self._images_tick = -1  # the last tick `wants_images` asked for fresh images
         self._last_t: float | None = None
         self._poses: deque[tuple[float, np.ndarray]] = deque(maxlen=40)  # (time, odometry pose), ~2 s
         self._history: deque[_Memory] = deque()
@@ -175,6 +176,21 @@ class VADAgent(AutonomousAgent):
         """Camera id -> (W, H) the model actually uses. The agent bridge (carla_eval.bridge) resizes on the
         simulator side to this; images at the sensors() size are accepted as well."""
         return {name: self.images.size for name in self.images.names}
+
+    def wants_images(self) -> bool:
+        """Whether the next `run_step` reads the camera images: a model call, a debug-video frame, or the
+        last images would otherwise be older than `max_sensor_lag_frames`. Called once per tick, before
+        `run_step`, by the offline world only (world/runner.py), which then renders the cameras only on
+        those ticks and hands the last images, with their own frame number, on the others (the images
+        the model sees are the same; rendering is a third of a tick, docs/offline_world.md). CARLA and
+        the leaderboard never call it: they render every tick."""
+        nxt = self.tick + 1
+        want = (self._plan is None or nxt - self._plan[2] >= self.opts.model_every
+                or nxt - self._images_tick > self.opts.max_sensor_lag_frames
+                or (self._video is not None and nxt % self.opts.debug_every == 0))
+        if want:
+            self._images_tick = nxt
+        return want
 
     def set_global_plan(self, global_plan_gps: list, global_plan_world_coord: list) -> None:
         super().set_global_plan(global_plan_gps, global_plan_world_coord)  # downsamples (leaderboard's rule)

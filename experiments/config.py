@@ -88,6 +88,10 @@ class ClosedLoopSpec:
     camera_size: tuple[int, int] = (160, 90)  # renders at the model's input size (same FOV; saves time)
     model_every: int = 2  # the model runs every 2nd tick; the controller tracks its plan between
     expert: bool = True  # also drive the privileged expert (the upper bound on the same routes)
+    # the agents' backend: "torch" (eager PyTorch) or "onnxruntime" (each run's driving checkpoint is
+    # exported first, scripts.export_onnx, checked against PyTorch within 1e-4; the same network,
+    # a cheaper tick: docs/experiments.md measures both)
+    backend: str = "torch"
 
 
 @dataclass
@@ -124,6 +128,8 @@ class ExperimentConfig:
             out.append(f"train.steps must be >= 1, got {self.train.steps}")
         if self.closed_loop.routes < 0 or self.closed_loop.min_length > self.closed_loop.max_length:
             out.append("closed_loop: routes >= 0 and min_length <= max_length")
+        if self.closed_loop.backend not in ("torch", "onnxruntime"):
+            out.append(f"closed_loop.backend must be torch or onnxruntime, got {self.closed_loop.backend!r}")
         for name, args in self.variants.items():
             if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
                 out.append(f"variants[{name!r}] must be a list of scripts.train arguments")
@@ -152,7 +158,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         name="CPU protocol (offline world, vad_nano)", out="runs/cpu_protocol", seeds=(0, 1, 2),
         data=DataSpec(collect=CollectSpec(drives=60, frames=40, image_size="160x90"), report_samples=24),
         train=TrainSpec(steps=2000, extra_args=OFFLINE_WORLD_TRAIN + OFFLINE_WORLD_LR),
-        closed_loop=ClosedLoopSpec(routes=20, min_length=150.0, max_length=250.0),
+        closed_loop=ClosedLoopSpec(routes=20, min_length=150.0, max_length=250.0, backend="onnxruntime"),
         jobs=2,  # two runs at once, one thread each (docs/experiments.md: measured faster than one at two)
     ),
 }

@@ -47,6 +47,9 @@ class Step:
     lane: str = ""
 
 
+ONNX_FILE = "model.onnx"  # a run's exported driving graph (closed_loop.backend: onnxruntime)
+
+
 def slug(name: str) -> str:
     """A folder name for a variant name: 'VAD + VLM-AD (Q1+Q2)' -> 'vad_vlm-ad_q1_q2'."""
     s = re.sub(r"[^a-z0-9-]+", "_", name.lower()).strip("_")
@@ -123,9 +126,13 @@ def build_steps(cfg: ExperimentConfig) -> list[Step]:
                     "--features", str(feats), "--out", str(rd / "vlmad_checks.json")], lane=tag))
             if c.routes:
                 agent_yaml = rd / "agent_offline.yaml"
+                if c.backend == "onnxruntime":  # the agent's rig (carla_vad) sizes the cross-attention
+                    steps.append(Step(f"export_{tag}", rd / ONNX_FILE, [
+                        "scripts.export_onnx", "--checkpoint", str(rd / "driving"),
+                        "--out", str(rd / ONNX_FILE), "--rig", "carla_vad"], lane=tag))
                 who = ["--agent-config", str(agent_yaml), "--diagnose", str(rd / "closedloop_diagnosis.json")]
                 steps += _drive_steps(tag, f"{variant}, seed {seed}", rd, who, drive_common,
-                                      before=_agent_yaml(agent_yaml, c.camera_size, c.model_every))
+                                      before=_agent_yaml(agent_yaml, c.camera_size, c.model_every, c.backend))
     return steps
 
 
@@ -158,12 +165,16 @@ def _resume_flag(argv: list[str], rd: Path) -> Callable[[], None]:
     return before
 
 
-def _agent_yaml(path: Path, camera_size: tuple[int, int], model_every: int) -> Callable[[], None]:
+def _agent_yaml(path: Path, camera_size: tuple[int, int], model_every: int,
+                backend: str = "torch") -> Callable[[], None]:
     def before() -> None:
         # cameras rendered at the model's input size (same FOV: saves simulator time only)
         path.parent.mkdir(parents=True, exist_ok=True)
         w, h = camera_size
-        path.write_text(f"checkpoint: driving\ncamera_size: [{w}, {h}]\nmodel_every: {model_every}\n")
+        text = f"checkpoint: driving\ncamera_size: [{w}, {h}]\nmodel_every: {model_every}\n"
+        if backend != "torch":
+            text += f"backend: {backend}\nonnx: {ONNX_FILE}\n"  # relative to the YAML's folder
+        path.write_text(text)
 
     return before
 

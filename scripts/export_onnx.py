@@ -14,6 +14,7 @@ export whose outputs differ by more than --tolerance fails. The agent drives fro
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -79,26 +80,33 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg, meta = load_driving_checkpoint(args.checkpoint, "cpu")
     capacity = None if args.rig is None else sca_capacity(cfg, rig_projections(cfg, args.rig))
     t0 = time.perf_counter()
-    path = export_onnx(model, args.out, args.batch,
+    # written under a temporary name and renamed once checked: an existing --out is always a usable file
+    # (scripts.experiment takes an existing output as a finished step)
+    tmp = args.out.with_name(args.out.stem + ".unverified.onnx")
+    path = export_onnx(model, tmp, args.batch,
                        {"source_checkpoint": str(args.checkpoint.resolve()),
                         "config_name": meta.get("config_name") or cfg.name, "rig": args.rig or "any"},
                        capacity)
     size = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size:.1f} MiB, {cfg.name}, batch {args.batch}, image {cfg.img_hw[1]}x"
+    print(f"wrote {args.out} ({size:.1f} MiB, {cfg.name}, batch {args.batch}, image {cfg.img_hw[1]}x"
           f"{cfg.img_hw[0]}, cross-attention {model.sca_capacity} of {all_pairs(cfg)} (query, camera) "
           f"pairs ({args.rig or 'any rig'}), export {time.perf_counter() - t0:.0f} s)")
     if args.no_verify:
+        os.replace(path, args.out)
         return 0
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
         print("onnxruntime is not installed: skipped the check against PyTorch")
+        os.replace(path, args.out)
         return 0
     diff = verify(path, DrivingGraph(model))
     print(f"onnxruntime vs PyTorch, two frames: max |diff| {diff:.2e} (tolerance {args.tolerance:g})")
     if not diff <= args.tolerance:
-        raise UserError(f"{path}: onnxruntime outputs differ from PyTorch by {diff:.2e} > --tolerance "
-                        f"{args.tolerance:g}; the file was written but should not be used")
+        raise UserError(f"onnxruntime outputs differ from PyTorch by {diff:.2e} > --tolerance "
+                        f"{args.tolerance:g}: {args.out} not written (the graph is left in {path} "
+                        "to inspect)")
+    os.replace(path, args.out)
     return 0
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from experiments.config import PRESETS, ClosedLoopSpec, ExperimentConfig
 from experiments.steps import build_steps, run_dir, run_steps, slug
@@ -73,6 +74,26 @@ def test_steps_cover_every_variant_and_seed_in_order(tmp_path):
     root = Path(by["train_vad_s0"].argv[by["train_vad_s0"].argv.index("--dataroot") + 1])
     assert by["infos"].output == default_cache_path(root, "v1.0-mini")
     assert "--out" not in by["infos"].argv
+
+
+def test_onnxruntime_backend_exports_each_run_before_its_drive(tmp_path):
+    cfg = _cfg(tmp_path, seeds=(0,))
+    cfg.closed_loop.backend = "onnxruntime"
+    steps = build_steps(cfg)
+    names = [s.name for s in steps]
+    by = {s.name: s for s in steps}
+    for tag in ("vad_s0", "vad_vlm-ad_q1_q2_s0"):
+        assert names.index(f"eval_{tag}") < names.index(f"export_{tag}") == names.index(f"drive_{tag}") - 1
+        rd = run_dir(cfg, "VAD" if tag == "vad_s0" else "VAD + VLM-AD (Q1+Q2)", 0)
+        exp = by[f"export_{tag}"]
+        assert exp.output == rd / "model.onnx"
+        assert exp.argv[exp.argv.index("--checkpoint") + 1] == str(rd / "driving")
+        by[f"drive_{tag}"].before()  # writes the agent YAML the drive reads
+        agent = yaml.safe_load((rd / "agent_offline.yaml").read_text())
+        assert agent["backend"] == "onnxruntime" and agent["onnx"] == "model.onnx"
+    cfg.closed_loop.backend = "tensorrt"
+    assert any("closed_loop.backend" in p for p in cfg.problems())
+    assert "export_vad_s0" not in [s.name for s in build_steps(_cfg(tmp_path, seeds=(0,)))]  # torch: none
 
 
 def test_no_teacher_steps_without_a_vlmad_variant(tmp_path):

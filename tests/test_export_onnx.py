@@ -107,6 +107,16 @@ def test_export_cli_errors(exported, tmp_path, capsys):
         assert e.value.code == 2 and msg in err and "Traceback" not in err
 
 
+def test_a_file_that_fails_the_check_is_not_written_as_out(exported, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    with pytest.raises(SystemExit) as e:  # no difference is <= -1: the check always fails
+        cli_main(export_onnx, ["--checkpoint", str(exported["ckpt"]), "--out", str(out), "--rig", "carla_vad",
+                               "--tolerance", "-1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "m.onnx not written" in err
+    assert not out.exists() and (tmp_path / "m.unverified.onnx").is_file()
+
+
 def test_agent_onnxruntime_backend_drives_like_torch(exported, tmp_path):
     """Same checkpoint, same synthetic ticks: the onnxruntime backend's plans and controls equal the torch
     backend's (the state is carried from tick 1 on: bev_history_ticks 1)."""

@@ -92,6 +92,10 @@ class RideAlong:
     def sensors(self) -> list[dict]:
         return self.agent.sensors()
 
+    def wants_images(self) -> bool:  # the rendering hint of the agent that drives (world/runner.py)
+        wants = getattr(self.agent, "wants_images", None)
+        return True if wants is None else bool(wants())
+
     def run_step(self, input_data: dict, timestamp: float):
         self.expert.run_step(input_data, timestamp)  # decides only: its control is dropped
         control = self.agent.run_step(input_data, timestamp)

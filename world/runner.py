@@ -78,7 +78,9 @@ class StepView:
     world: OfflineWorld
     agent: object
     control: object
-    images: dict[str, np.ndarray] = field(default_factory=dict)  # the agent's camera images (RGB) if any
+    # the cameras rendered this step (RGB); empty where none were, e.g. a step whose images the agent
+    # does not read (VADAgent.wants_images)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class OfflineRunner:
@@ -122,8 +124,10 @@ class OfflineRunner:
         ]
         return self.renderer(rig).render(world.world_from_ego(), boxes, lights)
 
-    def input_data(self, world: OfflineWorld, sensors: list[dict], rig: Rig, images: dict) -> dict:
-        """Leaderboard `input_data` keyed by the agent's own sensor ids."""
+    def input_data(self, world: OfflineWorld, sensors: list[dict], rig: Rig, images: dict,
+                   image_frame: int | None = None) -> dict:
+        """Leaderboard `input_data` keyed by the agent's own sensor ids; the cameras carry `image_frame`
+        (default: the current frame), the frame their images were rendered at."""
         from world.sensors import make_input_data
 
         base = make_input_data(
@@ -136,7 +140,8 @@ class OfflineRunner:
             self.rmap.cmap,
             rig,
         )
-        out = {c.name: base[c.name] for c in rig.cameras}
+        frame = world.frame if image_frame is None else image_frame
+        out = {c.name: (frame, base[c.name][1]) for c in rig.cameras}
         for s in sensors:
             key = _BY_TYPE.get(s.get("type"))
             if key is not None:
@@ -183,15 +188,22 @@ class OfflineRunner:
                     agent.bind_world(world)
                 sensors = list(agent.sensors())
                 rig = rig_from_sensors(sensors)
+                # an agent that says which ticks read its cameras (VADAgent.wants_images) gets them
+                # rendered on those ticks only, and the last ones, stamped with their frame, in between
+                wants = getattr(agent, "wants_images", None)
+                shown: tuple[dict, int] = ({}, world.frame)  # (images the agent gets, their frame)
                 steps = 0
                 while not crit.done and (max_steps is None or steps < max_steps):
-                    images = self.render(world, rig) if rig.cameras else {}
-                    control = agent.run_step(self.input_data(world, sensors, rig, images), world.t)
+                    fresh = (self.render(world, rig) if rig.cameras and (wants is None or wants()
+                                                                        or not shown[0]) else {})
+                    if fresh:
+                        shown = (fresh, world.frame)
+                    control = agent.run_step(self.input_data(world, sensors, rig, *shown), world.t)
                     world.step(control)
                     crit.update(world)
                     steps += 1
                     if on_step is not None:
-                        on_step(StepView(world, agent, control, images))
+                        on_step(StepView(world, agent, control, fresh))
             except UserError:
                 raise
             except Exception:  # noqa: BLE001
