@@ -42,8 +42,11 @@ def labels(cfg: ExperimentConfig) -> str:
     nano = cfg.train.model == "vad_nano"
     model = f"{cfg.train.model}" + (" (test size, not VAD-Tiny/Base)" if nano else "")
     extra = f" ({' '.join(cfg.train.extra_args)})" if cfg.train.extra_args else ""
+    drive = (f"; agents driven on {cfg.closed_loop.backend}" if cfg.closed_loop.routes
+             and cfg.closed_loop.backend != "torch" else "")
     return (f"Produced by: {data}; {teacher}; {encoder}; {model}, {cfg.train.steps} steps x batch "
-            f"{cfg.train.batch_size}{extra}. Not comparable with the paper's nuScenes / CARLA numbers.")
+            f"{cfg.train.batch_size}{extra}{drive}. "
+            "Not comparable with the paper's nuScenes / CARLA numbers.")
 
 
 def resolve(preset: str | None, config: str | None, overrides: list[str],

@@ -20,8 +20,8 @@ from experiments.config import PRESETS, ClosedLoopSpec, ExperimentConfig
 from experiments.steps import build_steps, run_dir, run_steps, slug
 from experiments.summary import collect_results, paired_ci, render_markdown, write_summary
 from nusc.infos import default_cache_path
+from scripts.experiment import labels, resolve
 from scripts.experiment import main as experiment_main
-from scripts.experiment import resolve
 from vlmad.errors import UserError
 
 T_975 = {1: 12.706204736, 2: 4.302652730}  # Student's t quantiles (tables), df 1 and 2
@@ -91,6 +91,8 @@ def test_onnxruntime_backend_exports_each_run_before_its_drive(tmp_path):
         by[f"drive_{tag}"].before()  # writes the agent YAML the drive reads
         agent = yaml.safe_load((rd / "agent_offline.yaml").read_text())
         assert agent["backend"] == "onnxruntime" and agent["onnx"] == "model.onnx"
+    assert "agents driven on onnxruntime" in labels(cfg)  # the table says which runtime drove
+    assert "driven on" not in labels(_cfg(tmp_path))
     cfg.closed_loop.backend = "tensorrt"
     assert any("closed_loop.backend" in p for p in cfg.problems())
     assert "export_vad_s0" not in [s.name for s in build_steps(_cfg(tmp_path, seeds=(0,)))]  # torch: none
