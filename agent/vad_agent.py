@@ -162,7 +162,10 @@ class VADAgent(AutonomousAgent):
         self._onnx: OnnxRunner | None = None  # the onnxruntime backend (models.onnx_export), else None
         if self.opts.backend == "onnxruntime":
             onnx_path = Path(self.opts.onnx) if self.opts.onnx else folder / "model.onnx"
-            self._onnx = OnnxRunner(onnx_path, self.cfg)  # UserError: missing file / package, other config
+            # UserError: missing file / package, other config. As many threads as torch has
+            # (OMP_NUM_THREADS): onnxruntime's default, one per core, made two drives side by side
+            # fight for the cores (docs/experiments.md)
+            self._onnx = OnnxRunner(onnx_path, self.cfg, threads=torch.get_num_threads())
             try:
                 self._onnx.check_calibration(proj)
             except ValueError as e:
