@@ -142,6 +142,19 @@ def test_agent_onnxruntime_backend_drives_like_torch(exported, tmp_path):
         a.destroy()
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_agent_onnxruntime_backend_uses_torchs_thread_count(exported, tmp_path, monkeypatch, threads):
+    """onnxruntime's default (a thread per core) made two drives side by side take twice as long."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump({"checkpoint": str(exported["ckpt"]), "camera_size": SMALL,
+                                    "backend": "onnxruntime"}))
+    agent = VADAgent(str(path))
+    opts = agent._onnx.session.get_session_options()
+    assert opts.intra_op_num_threads == threads and opts.inter_op_num_threads == 1
+    agent.destroy()
+
+
 def test_agent_backend_options_are_checked(exported, tmp_path):
     for extra, msg in [({"backend": "tensorrt"}, "backend must be"),
                        ({"backend": "onnxruntime", "compile": True}, "compile applies"),
